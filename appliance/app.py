@@ -1,0 +1,136 @@
+"""The composition root: one config in, every component built and supervised.
+
+Constructing :class:`Appliance` does no I/O.  :meth:`start` opens the store
+and starts each protocol server in its own thread; :meth:`run` adds the
+supervision loop used by ``plowshare serve``: a server whose thread died is
+logged and restarted (at most ``MAX_RESTARTS`` times), after which the
+process stops with a non-zero exit.  SIGTERM and SIGINT stop everything
+cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from .bootfiles import BootFiles
+from .bootscripts import BootScripts
+from .config import Config
+from .events import EventLog
+from .kickstart import Renderer
+from .leases import Allocator
+from .policy import BootPolicy
+from .store import Store
+
+log = logging.getLogger("plowshare.app")
+
+MAX_RESTARTS = 5
+SUPERVISE_SECONDS = 1.0
+
+
+class Appliance:
+    def __init__(self, config: Config):
+        self.config = config
+        self.store = Store(config.db_path)
+        self.events = EventLog(self.store)
+        self.renderer = Renderer(config.kickstarts_dir)
+        self.policy = BootPolicy(self.store, config, self.renderer)
+        self.scripts = BootScripts(config.templates_dir)
+        self.allocator = Allocator(self.store, config.dhcp, config.address)
+        self.servers: dict[str, object] = {}
+        self._restarts: dict[str, int] = {}
+        self._stopping = threading.Event()
+
+    # -- building ---------------------------------------------------------
+    def _build_servers(self) -> dict[str, object]:
+        from .servers.dhcp import DhcpContext, DhcpServer
+        from .servers.http import HttpServer
+        from .servers.tftp import TftpServer
+        from .web import Services, create_app
+
+        cfg = self.config
+        servers: dict[str, object] = {}
+        services = Services(config=cfg, store=self.store, policy=self.policy,
+                            events=self.events, scripts=self.scripts, renderer=self.renderer)
+        servers["http"] = HttpServer(create_app(services), cfg.http_bind, cfg.http_port)
+        servers["tftp"] = TftpServer(
+            root=cfg.netboot_dir, generate=BootFiles(self.policy, self.scripts, cfg.base_url),
+            on_event=self._tftp_event, bind=(cfg.tftp_bind, cfg.tftp_port),
+            interface=None)
+        if cfg.dhcp.enabled:
+            ctx = DhcpContext(cfg, self.policy, self.allocator, self.events, cfg.interface)
+            servers["dhcp"] = DhcpServer(ctx)
+        if cfg.router_advertisements and cfg.interface:
+            from .servers.ra import RouterAdvertiser
+            servers["ra"] = RouterAdvertiser(cfg.interface)
+        return servers
+
+    def mac_for_ip(self, ip: str) -> str | None:
+        host = self.store.host_by_ip(ip)
+        if host is not None:
+            return host.mac
+        lease = self.store.lease_for_ip(ip)
+        return lease.mac if lease and lease.mac else None
+
+    def _tftp_event(self, kind: str, client, path: str) -> None:
+        mac = self.mac_for_ip(client[0])
+        if mac is not None:
+            self.events.record(mac, kind, path, logging.getLogger("plowshare.tftp"))
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        self.store.open()
+        self.servers = self._build_servers()
+        started = []
+        try:
+            for name, server in self.servers.items():
+                server.start()
+                started.append(server)
+                log.info("%s started", name)
+        except Exception:
+            for server in reversed(started):
+                server.stop()
+            self.store.close()
+            raise
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for name, server in reversed(list(self.servers.items())):
+            try:
+                server.stop()
+            except Exception:
+                log.exception("%s did not stop cleanly", name)
+        self.store.close()
+        log.info("stopped")
+
+    def supervise_once(self) -> bool:
+        """Restart dead servers; ``False`` when one is beyond recovery."""
+        for name, server in self.servers.items():
+            if server.is_alive():
+                continue
+            count = self._restarts.get(name, 0) + 1
+            self._restarts[name] = count
+            if count > MAX_RESTARTS:
+                log.error("%s died %d times, giving up", name, count - 1)
+                return False
+            log.error("%s died, restarting (%d/%d)", name, count, MAX_RESTARTS)
+            try:
+                server.stop()
+                server.start()
+            except Exception:
+                log.exception("%s restart failed", name)
+        return True
+
+    def run(self) -> int:
+        """``plowshare serve``: start, supervise until a signal, stop."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stopping.set())
+        self.start()
+        code = 0
+        while not self._stopping.wait(SUPERVISE_SECONDS):
+            if not self.supervise_once():
+                code = 1
+                break
+        self.stop()
+        return code

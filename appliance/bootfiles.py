@@ -1,0 +1,51 @@
+"""Per-machine files that TFTP generates from the boot policy.
+
+TFTP keeps no session state: the machine is recovered from the path the
+loader asks for, and the answer comes from the same :class:`BootSpec` the
+DHCP offer and the iPXE script came from.
+
+* ``pxelinux.cfg/01-aa-bb-cc-dd-ee-ff`` (pxelinux: BIOS);
+* ``grub/grub.cfg-01-aa-bb-cc-dd-ee-ff`` (GRUB, EFI x64).
+
+pxelinux's fallbacks (hex-IP names, ``default``) are *not* generated: a
+machine without a per-MAC answer gets "file not found" and pxelinux moves
+on, which is what an unknown MAC should get.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from .model import Firmware, Machine, norm_mac
+from .policy import BootPolicy
+
+log = logging.getLogger("plowshare.tftp")
+
+_PXELINUX = re.compile(r"^(?:pxelinux/)?pxelinux\.cfg/01-([0-9a-f]{2}(?:-[0-9a-f]{2}){5})$")
+_GRUB = re.compile(r"^grub/grub\.cfg-01-([0-9a-f]{2}(?:-[0-9a-f]{2}){5})$")
+
+
+class BootFiles:
+    def __init__(self, policy: BootPolicy, scripts, base_url: str):
+        self.policy = policy
+        self.scripts = scripts
+        self.base_url = base_url
+
+    def __call__(self, path: str, client=None) -> bytes | None:
+        """The generated content for ``path``, or ``None`` to fall through."""
+        path = path.lower().lstrip("/")
+        match = _PXELINUX.match(path)
+        if match:
+            return self._render(match.group(1), Firmware.BIOS, self.scripts.pxelinux)
+        match = _GRUB.match(path)
+        if match:
+            return self._render(match.group(1), Firmware.EFI_X64, self.scripts.grub)
+        return None
+
+    def _render(self, mac_text: str, firmware: Firmware, render) -> bytes | None:
+        mac = norm_mac(mac_text)
+        spec = self.policy.boot_spec(Machine(mac=mac, firmware=firmware, ipxe=True))
+        if spec is None:
+            return None
+        return render(spec, self.base_url).encode()

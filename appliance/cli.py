@@ -1,0 +1,181 @@
+"""The ``plowshare`` command: the server and the operator's tools.
+
+Every command works against the state directory the server uses, while it
+runs (SQLite WAL lets readers and one writer share it).  Errors print one
+line to stderr and exit with status 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+from .model import Distro, Host, Profile, norm_mac
+from .store import Store, StoreError
+
+DEFAULT_STATE = str(Config.state_dir)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plowshare", description=__doc__.splitlines()[0])
+    p.add_argument("--state", help=f"state directory (default {DEFAULT_STATE})")
+    p.add_argument("--config", help="TOML config file (flags override it)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run DHCP, TFTP and HTTP in the foreground")
+    s.add_argument("--interface", help="provisioning interface (DHCP, RA)")
+    s.add_argument("--address", help="this appliance's address on that network")
+    s.add_argument("--pool", help="dynamic pool FIRST-LAST")
+    s.add_argument("--netboot", help="netboot tree served over TFTP and HTTP")
+    s.add_argument("--http-port", type=int)
+    s.add_argument("--tftp-port", type=int)
+    s.add_argument("--verbose", "-v", action="store_true")
+
+    d = sub.add_parser("distro", help="installer kernels and initrds").add_subparsers(
+        dest="action", required=True)
+    da = d.add_parser("add")
+    da.add_argument("name")
+    da.add_argument("--kernel", required=True)
+    da.add_argument("--initrd", required=True)
+    da.add_argument("--arch", default="x86_64")
+    d.add_parser("list")
+
+    pr = sub.add_parser("profile", help="distro + template + kernel args").add_subparsers(
+        dest="action", required=True)
+    pa = pr.add_parser("add")
+    pa.add_argument("name")
+    pa.add_argument("--distro", required=True)
+    pa.add_argument("--template")
+    pa.add_argument("--cmdline", default="")
+
+    h = sub.add_parser("host", help="machines, by MAC").add_subparsers(
+        dest="action", required=True)
+    ha = h.add_parser("add")
+    ha.add_argument("mac")
+    ha.add_argument("--profile", required=True)
+    ha.add_argument("--name")
+    ha.add_argument("--ip")
+    ha.add_argument("--no-netboot", action="store_true")
+    h.add_parser("list")
+    hs = h.add_parser("show")
+    hs.add_argument("mac")
+    hs.add_argument("--json", action="store_true")
+    hn = h.add_parser("netboot")
+    hn.add_argument("mac")
+    hn.add_argument("state", choices=["on", "off"])
+
+    e = sub.add_parser("events", help="a machine's boot timeline")
+    e.add_argument("mac")
+    e.add_argument("--json", action="store_true")
+    return p
+
+
+def _config(args) -> Config:
+    over = {"state_dir": args.state}
+    if args.cmd == "serve":
+        over.update(interface=args.interface, address=args.address, pool=args.pool,
+                    netboot_dir=args.netboot, http_port=args.http_port,
+                    tftp_port=args.tftp_port)
+    return load_config(args.config, **over)
+
+
+def _host_dict(store: Store, host: Host) -> dict:
+    out = dataclasses.asdict(host)
+    lease = store.lease_for_mac(host.mac)
+    out["lease"] = dataclasses.asdict(lease) if lease else None
+    return out
+
+
+def _cmd_distro(store: Store, cfg: Config, args) -> int:
+    if args.action == "list":
+        for d in store.distros():
+            print(f"{d.name}\t{d.arch}\t{d.kernel}\t{d.initrd}")
+        return 0
+    paths = []
+    for label, path in (("kernel", args.kernel), ("initrd", args.initrd)):
+        resolved = Path(path).expanduser().resolve()
+        if not resolved.is_file():
+            raise StoreError(f"{label} {path}: not a file")
+        paths.append(str(resolved))
+    store.add_distro(Distro(args.name, paths[0], paths[1], args.arch))
+    print(f"distro {args.name} added")
+    return 0
+
+
+def _cmd_host(store: Store, cfg: Config, args) -> int:
+    if args.action == "add":
+        host = Host(mac=norm_mac(args.mac), profile=args.profile, name=args.name,
+                    ip=args.ip, netboot=not args.no_netboot)
+        store.add_host(host, cfg.token_ttl)
+        print(f"host {host.mac} added (netboot {'off' if args.no_netboot else 'on'})")
+    elif args.action == "list":
+        for host in store.hosts():
+            lease = store.lease_for_mac(host.mac)
+            ip = host.ip or (lease.ip if lease else "-")
+            print(f"{host.mac}\t{host.name or '-'}\t{ip}\t{host.profile or '-'}\t"
+                  f"netboot={'on' if host.netboot else 'off'}")
+    elif args.action == "show":
+        host = store.host(norm_mac(args.mac))
+        if host is None:
+            raise StoreError(f"no host {args.mac}")
+        data = _host_dict(store, host)
+        if args.json:
+            print(json.dumps(data, indent=2))
+        else:
+            for key, value in data.items():
+                print(f"{key}: {value}")
+    elif args.action == "netboot":
+        host = store.set_netboot(norm_mac(args.mac), args.state == "on", cfg.token_ttl)
+        print(f"host {host.mac} netboot {args.state}")
+    return 0
+
+
+def _cmd_events(store: Store, cfg: Config, args) -> int:
+    events = store.events(norm_mac(args.mac))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(e) for e in events], indent=2))
+        return 0
+    for ev in events:
+        stamp = datetime.datetime.fromtimestamp(ev.ts).strftime("%H:%M:%S.%f")[:-3]
+        print(f"{stamp}  {ev.kind:<16} {ev.detail}")
+    return 0
+
+
+def _cmd_profile(store: Store, cfg: Config, args) -> int:
+    store.add_profile(Profile(args.name, args.distro, args.template, args.cmdline))
+    print(f"profile {args.name} added")
+    return 0
+
+
+def _serve(cfg: Config, verbose: bool) -> int:
+    from .app import Appliance
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return Appliance(cfg).run()
+
+
+COMMANDS = {"distro": _cmd_distro, "profile": _cmd_profile, "host": _cmd_host,
+            "events": _cmd_events}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = _config(args)
+        if args.cmd == "serve":
+            return _serve(cfg, args.verbose)
+        store = Store(cfg.db_path).open()
+        try:
+            return COMMANDS[args.cmd](store, cfg, args)
+        finally:
+            store.close()
+    except (ConfigError, StoreError, ValueError) as exc:
+        print(f"plowshare: {exc}", file=sys.stderr)
+        return 2

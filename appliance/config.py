@@ -1,0 +1,166 @@
+"""The one typed configuration object, loaded at the edge (CLI) and passed in.
+
+A TOML file (``--config``) gives the values, command-line flags override it,
+and everything else has a default that works for the demo.  No module reads
+settings on its own: the :class:`Config` built here is handed to
+:class:`appliance.app.Appliance`, which hands the parts each component needs.
+
+Example file::
+
+    [server]
+    interface = "prov0"
+    address = "10.0.0.1"
+    state_dir = "/var/lib/plowshare"
+
+    [dhcp]
+    pool = "10.0.0.100-10.0.0.200"
+    prefix = 24
+    router = "10.0.0.1"
+    dns = ["10.0.0.1"]
+    lease_time = 3600
+    unknown = "ignore"          # or "boot" with default_profile
+    arch_overrides = { 9 = "efi-x64" }
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .model import Firmware
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class DhcpConfig:
+    enabled: bool = True
+    pool_first: str | None = None
+    pool_last: str | None = None
+    prefix: int = 24
+    router: str | None = None
+    dns: tuple[str, ...] = ()
+    domain: str | None = None
+    lease_time: int = 3600
+    offer_hold: int = 60
+    unknown: str = "ignore"  # "ignore" | "boot"
+    default_profile: str | None = None
+    arch_overrides: dict = field(default_factory=dict, hash=False)
+    server_port: int = 67
+    client_port: int = 68
+
+
+@dataclass(frozen=True)
+class Config:
+    interface: str | None = None
+    address: str = "127.0.0.1"
+    state_dir: Path = Path("/var/lib/plowshare")
+    netboot_dir: Path = REPO_ROOT / "netboot" / "tree"
+    templates_dir: Path = REPO_ROOT / "netboot" / "templates"
+    kickstarts_dir: Path = REPO_ROOT / "kickstarts"
+    http_port: int = 80
+    http_bind: str = "0.0.0.0"
+    tftp_port: int = 69
+    tftp_bind: str = "0.0.0.0"
+    router_advertisements: bool = True
+    token_ttl: int = 24 * 3600
+    dhcp: DhcpConfig = field(default_factory=DhcpConfig)
+
+    @property
+    def base_url(self) -> str:
+        port = "" if self.http_port == 80 else f":{self.http_port}"
+        return f"http://{self.address}{port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "plowshare.db"
+
+
+def _ip(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def parse_pool(text: str) -> tuple[str, str]:
+    """``"10.0.0.100-10.0.0.200"`` -> both ends, validated and ordered."""
+    first, sep, last = text.partition("-")
+    if not sep:
+        raise ConfigError(f"pool {text!r}: expected FIRST-LAST")
+    a, b = _ip(first.strip(), "pool"), _ip(last.strip(), "pool")
+    if ipaddress.IPv4Address(a) > ipaddress.IPv4Address(b):
+        raise ConfigError(f"pool {text!r}: first address is after the last")
+    return a, b
+
+
+def _firmware_overrides(raw: dict) -> dict[int, Firmware]:
+    out = {}
+    for key, value in raw.items():
+        try:
+            out[int(key)] = Firmware(value)
+        except ValueError:
+            raise ConfigError(f"arch_overrides: {key!r} = {value!r}: "
+                              f"use one of {[f.value for f in Firmware]}") from None
+    return out
+
+
+def _dhcp_from(raw: dict) -> DhcpConfig:
+    kwargs = dict(raw)
+    if "pool" in kwargs:
+        kwargs["pool_first"], kwargs["pool_last"] = parse_pool(kwargs.pop("pool"))
+    if "dns" in kwargs:
+        kwargs["dns"] = tuple(_ip(d, "dns") for d in kwargs["dns"])
+    if "arch_overrides" in kwargs:
+        kwargs["arch_overrides"] = _firmware_overrides(kwargs["arch_overrides"])
+    if kwargs.get("unknown", "ignore") not in ("ignore", "boot"):
+        raise ConfigError("dhcp.unknown: use 'ignore' or 'boot'")
+    return _build(DhcpConfig, kwargs, "dhcp")
+
+
+def _build(cls, kwargs: dict, section: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(kwargs) - names
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown keys {sorted(unknown)}")
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> Config:
+    """Read ``path`` (TOML) if given, then apply non-``None`` overrides.
+
+    Overrides use the CLI's names: ``interface``, ``address``, ``pool``,
+    ``state_dir``, ``netboot_dir``, ``http_port``, ``tftp_port``, and
+    ``dhcp_server_port``.  Raises :class:`ConfigError` on any bad value.
+    """
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    server = dict(raw.get("server", {}))
+    dhcp_raw = dict(raw.get("dhcp", {}))
+    extra = set(raw) - {"server", "dhcp"}
+    if extra:
+        raise ConfigError(f"unknown sections {sorted(extra)}")
+    ov = {k: v for k, v in overrides.items() if v is not None}
+    if "pool" in ov:
+        dhcp_raw["pool"] = ov.pop("pool")
+    if "dhcp_server_port" in ov:
+        dhcp_raw["server_port"] = ov.pop("dhcp_server_port")
+    server.update(ov)
+    for key in ("state_dir", "netboot_dir", "templates_dir", "kickstarts_dir"):
+        if key in server:
+            server[key] = Path(server[key]).expanduser().resolve()
+    if "address" in server:
+        server["address"] = _ip(server["address"], "address")
+    server["dhcp"] = _dhcp_from(dhcp_raw)
+    return _build(Config, server, "server")

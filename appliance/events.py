@@ -1,0 +1,35 @@
+"""The per-MAC boot timeline.
+
+Protocol adapters call :meth:`EventLog.record` once per decision they make
+(DHCP offer/ack, TFTP file, HTTP script/kernel/initrd/kickstart, completion,
+power action).  Each record is one row in the store and one log line on the
+subsystem's logger, MAC first.  Recording must never break a boot: a store
+failure is logged and swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .model import Event
+from .store import Store
+
+log = logging.getLogger("plowshare.events")
+
+
+class EventLog:
+    def __init__(self, store: Store, clock=time.time):
+        self.store = store
+        self.clock = clock
+
+    def record(self, mac: str, kind: str, detail: str = "",
+               logger: logging.Logger | None = None) -> None:
+        (logger or log).info("%s %s %s", mac, kind, detail)
+        try:
+            self.store.add_event(Event(self.clock(), mac, kind, detail))
+        except Exception:
+            log.exception("%s could not record event %s", mac, kind)
+
+    def timeline(self, mac: str, limit: int = 1000) -> list[Event]:
+        return self.store.events(mac, limit)

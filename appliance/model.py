@@ -1,0 +1,153 @@
+"""Plain data shared by every part of the appliance.
+
+Everything here is a frozen dataclass or an enum: values that cross module
+boundaries (store -> policy -> protocol adapters -> events) and never carry
+behaviour or I/O.  MAC addresses are always normalised with :func:`norm_mac`
+(lower case, colon separated) before they are put into any of these.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+_HEX = re.compile(r"[0-9a-f]{12}")
+
+
+def norm_mac(text: str) -> str:
+    """Return ``aa:bb:cc:dd:ee:ff`` for any common MAC spelling.
+
+    Accepts colons, dashes, dots (Cisco ``aabb.ccdd.eeff``) or bare hex, any
+    case, and the ``01-`` hardware-type prefix pxelinux uses.  Raises
+    ``ValueError`` for anything else.
+    """
+    raw = text.strip().lower()
+    if raw.startswith("01-") and len(raw) == 20:
+        raw = raw[3:]
+    digits = re.sub(r"[:\-.]", "", raw)
+    if not _HEX.fullmatch(digits):
+        raise ValueError(f"not a MAC address: {text!r}")
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
+class Firmware(enum.Enum):
+    """The boot environment family a client architecture (option 93) maps to.
+
+    Only the family matters to the boot policy: it picks the loader binary and
+    the local-boot script.  ``UNKNOWN`` is a real value (an architecture type
+    the registry does not know, or one we cannot serve), never an exception.
+    """
+
+    BIOS = "bios"
+    EFI_IA32 = "efi-ia32"
+    EFI_X64 = "efi-x64"
+    EFI_ARM32 = "efi-arm32"
+    EFI_ARM64 = "efi-arm64"
+    EFI_RISCV32 = "efi-riscv32"
+    EFI_RISCV64 = "efi-riscv64"
+    EFI_RISCV128 = "efi-riscv128"
+    EFI_LOONGARCH32 = "efi-loongarch32"
+    EFI_LOONGARCH64 = "efi-loongarch64"
+    UBOOT = "uboot"
+    OTHER = "other"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What one boot request tells us about the machine that sent it.
+
+    Built by a protocol adapter from the packet or the request path; the
+    policy decides on nothing else.  ``arch`` is the raw option-93 value
+    (``None`` when absent); ``firmware`` is its family after the config's
+    override map.  ``interface`` is where the request entered the appliance
+    (the only trustworthy hint about which network it belongs to); ``relay``
+    is the giaddr of a DHCP relay, if any.
+    """
+
+    mac: str
+    firmware: Firmware = Firmware.BIOS
+    arch: int | None = None
+    ipxe: bool = False
+    vendor_class: str | None = None
+    user_class: str | None = None
+    interface: str | None = None
+    relay: str | None = None
+    http_client: bool = False
+
+
+@dataclass(frozen=True)
+class Distro:
+    name: str
+    kernel: str
+    initrd: str
+    arch: str = "x86_64"
+    breed: str = "generic"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    distro: str
+    template: str | None = None
+    cmdline: str = ""
+
+
+@dataclass(frozen=True)
+class Host:
+    """A machine the operator knows, keyed by MAC.
+
+    ``netboot`` is the netboot-once flag: on means the next boot installs;
+    a valid completion callback turns it off.  ``token`` is the secret of the
+    current install (``None`` when netboot is off).
+    """
+
+    mac: str
+    profile: str | None
+    name: str | None = None
+    ip: str | None = None
+    netboot: bool = True
+    token: str | None = None
+    variables: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Lease:
+    mac: str
+    ip: str
+    expires: float
+    state: str = "bound"  # "offered" | "bound" | "released" | "declined"
+    hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    ts: float
+    mac: str
+    kind: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """The boot policy's answer for one machine, valid for one boot.
+
+    ``local`` means netboot is off: every loader answers with a script that
+    exits to the local disk.  Otherwise ``kernel``/``initrd`` are paths
+    relative to the HTTP root (``/distro/<name>/kernel``) and ``cmdline`` is
+    already rendered (it carries the install token).  ``loader`` is the first
+    binary the firmware must fetch when it is not yet running iPXE (``None``
+    when it is); ``script_url`` is the iPXE script that machine gets.
+    """
+
+    mac: str
+    firmware: Firmware
+    local: bool
+    loader: str | None
+    script_url: str
+    profile: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str = ""
+    token: str | None = None

@@ -1,0 +1,104 @@
+"""What a machine boots: the one decision DHCP, TFTP and HTTP all consult.
+
+:meth:`BootPolicy.boot_spec` is cheap (a few indexed reads), has no side
+effects and gives the same answer to every protocol during one boot, so the
+DHCP offer, the TFTP file and the iPXE script can never disagree.  ``None``
+means "do not offer this machine anything to boot" (unknown MAC with
+``unknown = "ignore"``, a firmware we have no loader for, or a broken
+profile -- each logged).  Netboot off is *not* ``None``: it is a spec with
+``local=True`` so each loader can answer "boot from disk" for its firmware.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .arch import IPXE_LOADERS
+from .config import Config
+from .kickstart import Renderer, TemplateError, install_context
+from .model import BootSpec, Host, Machine
+from .store import Store
+
+log = logging.getLogger("plowshare.policy")
+
+
+class BootPolicy:
+    def __init__(self, store: Store, config: Config, renderer: Renderer):
+        self.store = store
+        self.config = config
+        self.renderer = renderer
+
+    def script_url(self, mac: str) -> str:
+        return f"{self.config.base_url}/boot/{mac}.ipxe"
+
+    def _host(self, mac: str) -> Host | None:
+        host = self.store.host(mac)
+        if host is not None:
+            return host
+        dhcp = self.config.dhcp
+        if dhcp.unknown == "boot" and dhcp.default_profile:
+            return Host(mac=mac, profile=dhcp.default_profile, netboot=True)
+        return None
+
+    def _loader(self, machine: Machine) -> tuple[bool, str | None]:
+        """(can boot, first binary) -- ``None`` binary when already in iPXE."""
+        if machine.ipxe:
+            return True, None
+        loader = IPXE_LOADERS.get(machine.firmware)
+        if loader is None:
+            return False, None
+        if machine.http_client:
+            return True, f"{self.config.base_url}/netboot/{loader}"
+        return True, loader
+
+    def boot_spec(self, machine: Machine) -> BootSpec | None:
+        host = self._host(machine.mac)
+        if host is None:
+            return None
+        ok, loader = self._loader(machine)
+        if not ok:
+            log.warning("%s no loader for firmware %s (arch %s)",
+                        machine.mac, machine.firmware.value, machine.arch)
+            return None
+        base = BootSpec(mac=machine.mac, firmware=machine.firmware, local=True,
+                        loader=loader, script_url=self.script_url(machine.mac),
+                        profile=host.profile)
+        if not host.netboot:
+            return base
+        return self._install_spec(base, host)
+
+    def _install_spec(self, base: BootSpec, host: Host) -> BootSpec | None:
+        profile = self.store.profile(host.profile) if host.profile else None
+        distro = self.store.distro(profile.distro) if profile else None
+        if profile is None or distro is None:
+            log.warning("%s netboot on but profile %r or its distro is missing",
+                        host.mac, host.profile)
+            return None
+        ip = host.ip
+        if ip is None:
+            lease = self.store.lease_for_mac(host.mac)
+            ip = lease.ip if lease else None
+        context = install_context(host, ip, profile, distro, self.config.base_url,
+                                  self.config.address, host.token)
+        try:
+            cmdline = self.renderer.render_string(profile.cmdline, context)
+        except TemplateError as exc:
+            log.warning("%s profile %s cmdline does not render: %s",
+                        host.mac, profile.name, exc)
+            return None
+        return BootSpec(
+            mac=base.mac, firmware=base.firmware, local=False, loader=base.loader,
+            script_url=base.script_url, profile=profile.name,
+            kernel=f"/distro/{distro.name}/kernel", initrd=f"/distro/{distro.name}/initrd",
+            cmdline=" ".join(cmdline.split()), token=host.token)
+
+    def install_context(self, host: Host) -> dict:
+        """The template context for ``host``'s current install (kickstart rendering)."""
+        profile = self.store.profile(host.profile) if host.profile else None
+        distro = self.store.distro(profile.distro) if profile else None
+        ip = host.ip
+        if ip is None:
+            lease = self.store.lease_for_mac(host.mac)
+            ip = lease.ip if lease else None
+        return install_context(host, ip, profile, distro, self.config.base_url,
+                               self.config.address, host.token)

@@ -1,0 +1,263 @@
+"""DHCP server adapter: decode -> Machine -> policy + allocator -> reply.
+
+:func:`make_reply` is the whole decision for one request and is what unit
+tests call with golden packets; :class:`DhcpServer` is the thin socket loop
+around it.  Contract of the loop:
+
+* one UDP socket on ``0.0.0.0:67`` bound to the provisioning interface with
+  ``SO_BINDTODEVICE`` (a socket bound to the interface address would not see
+  the broadcast requests), so the ingress interface is always known;
+* replies follow RFC 2131 section 4.1: to the relay (giaddr), to ciaddr, by
+  broadcast when the client set the flag (or for a NAK), else unicast to
+  yiaddr at the client's hardware address -- sent as a raw Ethernet frame on
+  the same interface, because the client cannot answer ARP yet;
+* an ACK leaves only after :meth:`Allocator.bind` committed the lease;
+* no packet, however malformed, stops the loop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+
+from ..arch import classify, describe
+from ..config import Config
+from ..events import EventLog
+from ..leases import Allocator
+from ..model import BootSpec, Machine
+from ..policy import BootPolicy
+from . import dhcp_codec as c
+from .l2 import L2Sender
+
+log = logging.getLogger("plowshare.dhcp")
+
+RECV_BUFFER = 4096
+POLL_SECONDS = 0.5
+SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+
+
+@dataclass
+class DhcpContext:
+    """Everything :func:`make_reply` consults besides the request."""
+
+    config: Config
+    policy: BootPolicy
+    allocator: Allocator
+    events: EventLog
+    interface: str | None = None
+
+
+def machine_of(req: c.DhcpRequest, ctx: DhcpContext) -> Machine:
+    firmware, http = classify(req.arch, ctx.config.dhcp.arch_overrides)
+    vendor = req.vendor_class or ""
+    return Machine(
+        mac=req.mac, firmware=firmware, arch=req.arch,
+        ipxe=req.user_class == "iPXE" or req.ipxe_options,
+        vendor_class=req.vendor_class, user_class=req.user_class,
+        interface=ctx.interface, http_client=http or vendor.startswith("HTTPClient"),
+        relay=req.giaddr if req.giaddr != "0.0.0.0" else None)
+
+
+def is_boot_client(req: c.DhcpRequest) -> bool:
+    vendor = req.vendor_class or ""
+    return (vendor.startswith(("PXEClient", "HTTPClient"))
+            or req.user_class == "iPXE" or req.ipxe_options)
+
+
+def _net_options(ctx: DhcpContext, lease_time: int | None) -> list:
+    d, cfg = ctx.config.dhcp, ctx.config
+    net = ipaddress.IPv4Network(f"{cfg.address}/{d.prefix}", strict=False)
+    opts = [("subnet_mask", str(net.netmask)), ("broadcast_address", str(net.broadcast_address))]
+    if lease_time is not None:
+        opts += [("lease_time", lease_time), ("renewal_time", lease_time // 2),
+                 ("rebinding_time", lease_time * 7 // 8)]
+    if d.router:
+        opts.append(("router", d.router))
+    if d.dns:
+        opts.append(("name_server", *d.dns))
+    if d.domain:
+        opts.append(("domain", d.domain.encode()))
+    return opts
+
+
+def _boot_options(req: c.DhcpRequest, machine: Machine, spec: BootSpec,
+                  ctx: DhcpContext) -> tuple[str, list]:
+    """(filename, options) that send this machine to the next boot stage."""
+    filename = spec.script_url if machine.ipxe else spec.loader or ""
+    opts: list = []
+    if machine.ipxe:
+        opts.append((c.OPT_IPXE_ENCAP, bytes([c.IPXE_NO_PXEDHCP, 1, 1])))
+    elif machine.http_client:
+        opts.append(("vendor_class_id", b"HTTPClient"))
+    else:
+        opts.append(("vendor_class_id", b"PXEClient"))
+        opts.append(("vendor_specific", bytes([c.PXE_DISCOVERY_CONTROL, 1,
+                                               c.PXE_DISCOVERY_USE_BOOTFILE, c.OPT_END])))
+    if req.uuid is not None:
+        opts.append(("pxe_client_machine_identifier", req.uuid))
+    if not machine.http_client and not machine.ipxe:
+        opts.append(("tftp_server_name", ctx.config.address.encode()))
+    opts.append(("boot-file-name", filename.encode()))
+    return filename, opts
+
+
+def _with_boot(reply: c.DhcpReply, req: c.DhcpRequest, ctx: DhcpContext) -> c.DhcpReply:
+    if not is_boot_client(req):
+        return reply
+    machine = machine_of(req, ctx)
+    spec = ctx.policy.boot_spec(machine)
+    if spec is None:
+        log.info("%s no boot answer (arch %s, vendor %r, user class %r)", req.mac,
+                 describe(req.arch), req.vendor_class, req.user_class)
+        return reply
+    filename, opts = _boot_options(req, machine, spec, ctx)
+    reply.filename, reply.siaddr = filename, ctx.config.address
+    reply.options += opts
+    stage = "ipxe-script" if machine.ipxe else "loader"
+    what = "local" if spec.local else f"install {spec.profile}"
+    reply.note = f"{stage} {filename} ({what}, {machine.firmware.value})"
+    return reply
+
+
+def _hostname_opt(mac: str, ctx: DhcpContext) -> list:
+    host = ctx.policy.store.host(mac)
+    return [("hostname", host.name.encode())] if host and host.name else []
+
+
+def _offer(req, ctx) -> c.DhcpReply | None:
+    ip = ctx.allocator.offer(req.mac, req.requested_ip, req.hostname)
+    if ip is None:
+        return None
+    reply = c.DhcpReply(c.OFFER, req, yiaddr=ip,
+                        options=_net_options(ctx, ctx.config.dhcp.lease_time)
+                        + _hostname_opt(req.mac, ctx))
+    return _with_boot(reply, req, ctx)
+
+
+def _request(req, ctx) -> c.DhcpReply | None:
+    ours = ctx.config.address
+    if req.server_id is not None and req.server_id != ours:
+        log.info("%s chose server %s, not us", req.mac, req.server_id)
+        return None
+    ip = req.requested_ip or (req.ciaddr if req.ciaddr != "0.0.0.0" else None)
+    if ip is None:
+        return None
+    lease = ctx.allocator.bind(req.mac, ip, req.hostname)  # durable before the ACK
+    if lease is None:
+        return c.DhcpReply(c.NAK, req, options=[("error_message", b"address not available")])
+    reply = c.DhcpReply(c.ACK, req, yiaddr=ip,
+                        options=_net_options(ctx, ctx.config.dhcp.lease_time)
+                        + _hostname_opt(req.mac, ctx))
+    return _with_boot(reply, req, ctx)
+
+
+def make_reply(req: c.DhcpRequest, ctx: DhcpContext) -> c.DhcpReply | None:
+    """The reply to ``req``, or ``None`` to stay silent.  Side effects: leases."""
+    kind = req.msg_type
+    if req.giaddr != "0.0.0.0":
+        net = ipaddress.IPv4Network(f"{ctx.config.address}/{ctx.config.dhcp.prefix}",
+                                    strict=False)
+        if ipaddress.IPv4Address(req.giaddr) not in net:
+            log.info("%s relayed via %s outside our subnet, ignored", req.mac, req.giaddr)
+            return None
+    if kind == c.DISCOVER:
+        return _offer(req, ctx)
+    if kind == c.REQUEST:
+        return _request(req, ctx)
+    if kind == c.INFORM:
+        reply = c.DhcpReply(c.ACK, req, options=_net_options(ctx, None))
+        return _with_boot(reply, req, ctx)
+    if kind == c.RELEASE and req.ciaddr != "0.0.0.0":
+        ctx.allocator.release(req.mac, req.ciaddr)
+    elif kind == c.DECLINE and req.requested_ip:
+        log.warning("%s declined %s (address in use?)", req.mac, req.requested_ip)
+        ctx.allocator.decline(req.mac, req.requested_ip)
+    return None
+
+
+class DhcpServer:
+    """Socket loop around :func:`make_reply` on one interface."""
+
+    def __init__(self, ctx: DhcpContext, bind: str = "0.0.0.0"):
+        self.ctx = ctx
+        self.bind = bind
+        self._sock: socket.socket | None = None
+        self._l2: L2Sender | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        d = self.ctx.config.dhcp
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if self.ctx.interface:
+            sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.ctx.interface.encode())
+            self._l2 = L2Sender(self.ctx.interface)
+            self._l2.open()
+        sock.bind((self.bind, d.server_port))
+        sock.settimeout(POLL_SECONDS)
+        self._sock = sock
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="dhcp", daemon=True)
+        self._thread.start()
+        log.info("listening on %s:%d (interface %s)", self.bind, d.server_port,
+                 self.ctx.interface or "any")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        for s in (self._sock, self._l2):
+            if s is not None:
+                s.close()
+        self._sock = self._l2 = None
+
+    def is_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                payload, _src = self._sock.recvfrom(RECV_BUFFER)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                raise
+            try:
+                self.handle(payload)
+            except Exception:
+                log.exception("error handling a %d-byte DHCP packet", len(payload))
+
+    def handle(self, payload: bytes) -> None:
+        req = c.decode(payload)
+        if req is None:
+            return
+        ev = self.ctx.events
+        ev.record(req.mac, f"dhcp-{c.MSG_NAMES[req.msg_type]}",
+                  f"arch {describe(req.arch)} vendor {req.vendor_class!r} "
+                  f"user {req.user_class!r}", log)
+        reply = make_reply(req, self.ctx)
+        if reply is None:
+            return
+        ev.record(req.mac, f"dhcp-{c.MSG_NAMES[reply.msg_type]}",
+                  f"{reply.yiaddr} {reply.note}".strip(), log)
+        self.send(reply, c.encode(reply, self.ctx.config.address))
+
+    def send(self, reply: c.DhcpReply, payload: bytes) -> None:
+        req, d = reply.request, self.ctx.config.dhcp
+        if req.giaddr != "0.0.0.0":
+            self._sock.sendto(payload, (req.giaddr, d.server_port))
+        elif req.ciaddr != "0.0.0.0" and reply.msg_type != c.NAK:
+            self._sock.sendto(payload, (req.ciaddr, d.client_port))
+        elif req.broadcast or reply.msg_type == c.NAK or self._l2 is None \
+                or reply.yiaddr == "0.0.0.0":
+            self._sock.sendto(payload, ("255.255.255.255", d.client_port))
+        else:
+            self._l2.send_udp(req.chaddr, self.ctx.config.address, reply.yiaddr,
+                              d.server_port, d.client_port, payload)

@@ -1,0 +1,190 @@
+"""DHCPv4 wire format: decode a request into plain data, encode a reply.
+
+scapy's BOOTP/DHCP layers do the byte work.  Field quirks handled here so
+that the decision code never sees them (measured with scapy 2.8):
+
+* scapy never raises on malformed options: it yields raw ``bytes`` items,
+  message type 99, duplicates, or no DHCP layer at all without the magic
+  cookie.  :func:`decode` turns all of that into ``None`` or a best-effort
+  :class:`DhcpRequest`, and never raises.
+* iPXE sends option 77 as a bare string ``iPXE``, not the RFC 3004 list of
+  length-prefixed strings; both spellings are recognised.
+* Option 93 may carry several 16-bit types; the first one counts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import struct
+from dataclasses import dataclass, field
+
+from scapy.layers.dhcp import BOOTP, DHCP
+
+log = logging.getLogger("plowshare.dhcp")
+
+# BOOTP (RFC 951 / RFC 2131 section 2)
+BOOTREQUEST = 1
+BOOTREPLY = 2
+HTYPE_ETHER = 1
+HLEN_ETHER = 6
+FLAG_BROADCAST = 0x8000
+BOOTP_FILE_LEN = 128
+
+# DHCP message types (RFC 2132 section 9.6)
+DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
+MSG_NAMES = {DISCOVER: "discover", OFFER: "offer", REQUEST: "request", DECLINE: "decline",
+             ACK: "ack", NAK: "nak", RELEASE: "release", INFORM: "inform"}
+
+# Option codes
+OPT_SUBNET_MASK = 1          # RFC 2132 3.3
+OPT_ROUTER = 3               # RFC 2132 3.5
+OPT_DNS = 6                  # RFC 2132 3.8
+OPT_HOSTNAME = 12            # RFC 2132 3.14
+OPT_DOMAIN = 15              # RFC 2132 3.17
+OPT_BROADCAST = 28           # RFC 2132 5.3
+OPT_VENDOR_SPECIFIC = 43     # RFC 2132 8.4 (PXE vendor options)
+OPT_REQUESTED_IP = 50        # RFC 2132 9.1
+OPT_LEASE_TIME = 51          # RFC 2132 9.2
+OPT_MESSAGE_TYPE = 53        # RFC 2132 9.6
+OPT_SERVER_ID = 54           # RFC 2132 9.7
+OPT_RENEWAL_T1 = 58          # RFC 2132 9.11
+OPT_REBINDING_T2 = 59        # RFC 2132 9.12
+OPT_VENDOR_CLASS = 60        # RFC 2132 9.13
+OPT_TFTP_SERVER = 66         # RFC 2132 9.4
+OPT_BOOTFILE = 67            # RFC 2132 9.5
+OPT_USER_CLASS = 77          # RFC 3004
+OPT_CLIENT_ARCH = 93         # RFC 4578 2.1
+OPT_CLIENT_NDI = 94          # RFC 4578 2.2
+OPT_CLIENT_UUID = 97         # RFC 4578 2.3
+OPT_IPXE_ENCAP = 175         # iPXE encapsulated options (iPXE docs, "dhcp options")
+IPXE_NO_PXEDHCP = 176        # sub-option of 175: skip waiting for proxyDHCP
+PXE_DISCOVERY_CONTROL = 6    # PXE 2.1 spec, option 43 sub-option 6
+PXE_DISCOVERY_USE_BOOTFILE = 0x08  # bit 3: use the boot file name, no server discovery
+OPT_END = 255
+
+
+@dataclass(frozen=True)
+class DhcpRequest:
+    """A decoded client message; only what the decision code reads."""
+
+    msg_type: int
+    xid: int
+    mac: str
+    flags: int = 0
+    ciaddr: str = "0.0.0.0"
+    giaddr: str = "0.0.0.0"
+    requested_ip: str | None = None
+    server_id: str | None = None
+    hostname: str | None = None
+    vendor_class: str | None = None
+    user_class: str | None = None
+    arch: int | None = None
+    uuid: bytes | None = None
+    ipxe_options: bool = False
+    hops: int = 0
+    chaddr: bytes = b""
+
+    @property
+    def broadcast(self) -> bool:
+        return bool(self.flags & FLAG_BROADCAST)
+
+
+@dataclass
+class DhcpReply:
+    """What the decision code wants sent; :func:`encode` makes the bytes."""
+
+    msg_type: int
+    request: DhcpRequest
+    yiaddr: str = "0.0.0.0"
+    siaddr: str = "0.0.0.0"
+    filename: str = ""
+    options: list = field(default_factory=list)  # scapy (name, value) pairs, in order
+    note: str = ""  # what the boot policy decided, for the event log
+
+
+def _text(value) -> str | None:
+    if isinstance(value, bytes):
+        return value.decode("latin-1").rstrip("\x00")
+    return str(value) if value is not None else None
+
+
+def _user_class(raw: bytes) -> str:
+    """RFC 3004 list (len+data...) or iPXE's bare string, as text."""
+    if raw and raw[0] + 1 == len(raw):
+        return raw[1:].decode("latin-1")
+    return raw.decode("latin-1")
+
+
+def _arch(raw) -> int | None:
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1")
+    if not isinstance(raw, bytes) or len(raw) < 2:
+        return None
+    return struct.unpack("!H", raw[:2])[0]
+
+
+def _options(pkt) -> dict:
+    """First occurrence of each named option; raw/unparsable items dropped."""
+    out: dict = {}
+    dhcp = pkt.getlayer(DHCP)
+    if dhcp is None:
+        return out
+    for item in dhcp.options:
+        if isinstance(item, tuple) and len(item) >= 2:
+            out.setdefault(item[0], item[1])
+    return out
+
+
+def decode(payload: bytes) -> DhcpRequest | None:
+    """Parse one UDP payload from a client; ``None`` for anything unusable."""
+    try:
+        pkt = BOOTP(payload)
+        if pkt.op != BOOTREQUEST or pkt.htype != HTYPE_ETHER or pkt.hlen != HLEN_ETHER:
+            return None
+        opts = _options(pkt)
+        msg_type = opts.get("message-type")
+        if not isinstance(msg_type, int) or msg_type not in MSG_NAMES:
+            return None
+        chaddr = bytes(pkt.chaddr)[:HLEN_ETHER]
+        user = opts.get("user_class")
+        uuid = opts.get("pxe_client_machine_identifier")
+        return DhcpRequest(
+            msg_type=msg_type, xid=pkt.xid, mac=":".join(f"{b:02x}" for b in chaddr),
+            flags=pkt.flags, ciaddr=pkt.ciaddr, giaddr=pkt.giaddr, hops=pkt.hops,
+            requested_ip=_ip_or_none(opts.get("requested_addr")),
+            server_id=_ip_or_none(opts.get("server_id")),
+            hostname=_text(opts.get("hostname")),
+            vendor_class=_text(opts.get("vendor_class_id")),
+            user_class=_user_class(user) if isinstance(user, bytes) else _text(user),
+            arch=_arch(opts.get("pxe_client_architecture")),
+            uuid=uuid if isinstance(uuid, bytes) else None,
+            ipxe_options=OPT_IPXE_ENCAP in opts, chaddr=chaddr)
+    except Exception:  # noqa: BLE001 - a malformed packet is dropped, never fatal
+        log.debug("undecodable DHCP payload of %d bytes", len(payload))
+        return None
+
+
+def _ip_or_none(value) -> str | None:
+    try:
+        return str(ipaddress.IPv4Address(value)) if value else None
+    except (ValueError, TypeError):
+        return None
+
+
+def ip_bytes(ip: str) -> bytes:
+    return ipaddress.IPv4Address(ip).packed
+
+
+def encode(reply: DhcpReply, server_ip: str) -> bytes:
+    """The BOOTP payload of ``reply`` (options in the order given)."""
+    req = reply.request
+    file_field = reply.filename.encode() if len(reply.filename) < BOOTP_FILE_LEN else b""
+    pkt = BOOTP(op=BOOTREPLY, htype=HTYPE_ETHER, hlen=HLEN_ETHER, hops=0, xid=req.xid,
+                flags=req.flags, ciaddr=req.ciaddr if reply.msg_type != NAK else "0.0.0.0",
+                yiaddr=reply.yiaddr, siaddr=reply.siaddr, giaddr=req.giaddr,
+                chaddr=req.chaddr + b"\x00" * 10, file=file_field)
+    options = [("message-type", reply.msg_type), ("server_id", server_ip)]
+    options += reply.options
+    options.append("end")
+    return bytes(pkt / DHCP(options=options))

@@ -1,0 +1,257 @@
+"""The single state store: SQLite in WAL mode.
+
+Contract:
+
+* Every write method commits before it returns, with ``synchronous=FULL``,
+  so what it wrote survives ``kill -9`` and power loss.  The DHCP server
+  relies on this: a lease is acknowledged only after :meth:`Store.bind_lease`
+  returned.
+* One connection, guarded by a lock, shared by every thread of the process;
+  other processes (the CLI while the server runs) open their own and WAL
+  lets them read while the server writes.  ``busy_timeout`` absorbs short
+  write contention between processes.
+* Nothing else in the appliance keeps shadow state: the servers ask the
+  store on every request.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from .model import Distro, Event, Host, Lease, Profile
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS distros (
+    name TEXT PRIMARY KEY, kernel TEXT NOT NULL, initrd TEXT NOT NULL,
+    arch TEXT NOT NULL, breed TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS profiles (
+    name TEXT PRIMARY KEY, distro TEXT NOT NULL REFERENCES distros(name),
+    template TEXT, cmdline TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS hosts (
+    mac TEXT PRIMARY KEY, name TEXT, ip TEXT UNIQUE,
+    profile TEXT REFERENCES profiles(name), netboot INTEGER NOT NULL,
+    token TEXT UNIQUE, token_expires REAL, variables TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS leases (
+    ip TEXT PRIMARY KEY, mac TEXT NOT NULL, expires REAL NOT NULL,
+    state TEXT NOT NULL, hostname TEXT);
+CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, mac TEXT NOT NULL,
+    kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
+"""
+
+
+class StoreError(ValueError):
+    """A write was refused (unknown reference, duplicate, bad value)."""
+
+
+class Store:
+    """Typed access to the state database.  ``open()`` does the I/O."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path) if str(path) != ":memory:" else path
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+
+    # -- lifecycle -----------------------------------------------------
+    def open(self) -> Store:
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(str(self.path), check_same_thread=False,
+                             isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.executescript(_SCHEMA)
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        self._db = db
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    @contextmanager
+    def _tx(self):
+        """One IMMEDIATE transaction: committed (durably) on exit."""
+        with self._lock:
+            db = self._db
+            if db is None:
+                raise RuntimeError("store is not open")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            if self._db is None:
+                raise RuntimeError("store is not open")
+            return self._db.execute(sql, args).fetchall()
+
+    # -- distros and profiles -------------------------------------------
+    def add_distro(self, d: Distro) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO distros VALUES (?,?,?,?,?)",
+                       (d.name, d.kernel, d.initrd, d.arch, d.breed))
+
+    def distro(self, name: str) -> Distro | None:
+        rows = self._query("SELECT * FROM distros WHERE name=?", (name,))
+        return Distro(*rows[0]) if rows else None
+
+    def distros(self) -> list[Distro]:
+        return [Distro(*r) for r in self._query("SELECT * FROM distros ORDER BY name")]
+
+    def add_profile(self, p: Profile) -> None:
+        if self.distro(p.distro) is None:
+            raise StoreError(f"profile {p.name}: no distro named {p.distro!r}")
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?)",
+                       (p.name, p.distro, p.template, p.cmdline))
+
+    def profile(self, name: str) -> Profile | None:
+        rows = self._query("SELECT * FROM profiles WHERE name=?", (name,))
+        return Profile(*rows[0]) if rows else None
+
+    # -- hosts ---------------------------------------------------------------
+    @staticmethod
+    def _host(row) -> Host:
+        mac, name, ip, profile, netboot, token, _exp, variables = row
+        return Host(mac=mac, name=name, ip=ip, profile=profile, netboot=bool(netboot),
+                    token=token, variables=json.loads(variables or "{}"))
+
+    def add_host(self, h: Host, token_ttl: float) -> Host:
+        """Insert or replace a host; netboot on gets a fresh install token."""
+        if h.profile is not None and self.profile(h.profile) is None:
+            raise StoreError(f"host {h.mac}: no profile named {h.profile!r}")
+        token, expires = (secrets.token_urlsafe(24), time.time() + token_ttl) \
+            if h.netboot else (None, None)
+        try:
+            with self._tx() as db:
+                db.execute("INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?)",
+                           (h.mac, h.name, h.ip, h.profile, int(h.netboot), token, expires,
+                            json.dumps(h.variables)))
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"host {h.mac}: {exc}") from None
+        return self.host(h.mac)
+
+    def host(self, mac: str) -> Host | None:
+        rows = self._query("SELECT * FROM hosts WHERE mac=?", (mac,))
+        return self._host(rows[0]) if rows else None
+
+    def hosts(self) -> list[Host]:
+        return [self._host(r) for r in self._query("SELECT * FROM hosts ORDER BY mac")]
+
+    def host_by_ip(self, ip: str) -> Host | None:
+        rows = self._query("SELECT * FROM hosts WHERE ip=?", (ip,))
+        return self._host(rows[0]) if rows else None
+
+    def set_netboot(self, mac: str, on: bool, token_ttl: float) -> Host:
+        """Turn netboot on (new install token) or off (token revoked)."""
+        token, expires = (secrets.token_urlsafe(24), time.time() + token_ttl) \
+            if on else (None, None)
+        with self._tx() as db:
+            cur = db.execute("UPDATE hosts SET netboot=?, token=?, token_expires=? WHERE mac=?",
+                             (int(on), token, expires, mac))
+            if cur.rowcount == 0:
+                raise StoreError(f"no host {mac}")
+        return self.host(mac)
+
+    def host_by_token(self, token: str, now: float | None = None) -> Host | None:
+        """The host whose *current* install this token belongs to, if unexpired."""
+        now = time.time() if now is None else now
+        rows = self._query("SELECT * FROM hosts WHERE token=? AND netboot=1 AND token_expires>?",
+                           (token, now))
+        return self._host(rows[0]) if rows else None
+
+    def complete_install(self, token: str, now: float | None = None) -> Host | None:
+        """Single-use: a valid token turns netboot off and is revoked."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute("SELECT mac FROM hosts WHERE token=? AND netboot=1 "
+                             "AND token_expires>?", (token, now)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE hosts SET netboot=0, token=NULL, token_expires=NULL WHERE mac=?",
+                       (row[0],))
+        return self.host(row[0])
+
+    # -- leases -------------------------------------------------------------
+    def lease_for_mac(self, mac: str) -> Lease | None:
+        rows = self._query("SELECT mac, ip, expires, state, hostname FROM leases "
+                           "WHERE mac=? ORDER BY expires DESC LIMIT 1", (mac,))
+        return Lease(*rows[0]) if rows else None
+
+    def lease_for_ip(self, ip: str) -> Lease | None:
+        rows = self._query("SELECT mac, ip, expires, state, hostname FROM leases WHERE ip=?",
+                           (ip,))
+        return Lease(*rows[0]) if rows else None
+
+    def leases(self) -> list[Lease]:
+        return [Lease(*r) for r in self._query(
+            "SELECT mac, ip, expires, state, hostname FROM leases ORDER BY ip")]
+
+    def busy_ips(self, now: float) -> dict[str, str]:
+        """ip -> mac for every address that is taken now (by lease or reservation)."""
+        out = {ip: mac for ip, mac in self._query(
+            "SELECT ip, mac FROM leases WHERE expires>? AND state IN "
+            "('offered','bound','declined')", (now,))}
+        for ip, mac in self._query("SELECT ip, mac FROM hosts WHERE ip IS NOT NULL"):
+            out[ip] = mac
+        return out
+
+    def put_lease(self, lease: Lease, check_free_at: float | None = None) -> bool:
+        """Write ``lease`` (one row per IP), durably.
+
+        With ``check_free_at``, refuse (return False) when another MAC holds
+        that IP unexpired at that time -- the check and the write are one
+        transaction, so two servers or threads cannot both win an address.
+        A MAC keeps one lease: its rows on other IPs are dropped.
+        """
+        with self._tx() as db:
+            if check_free_at is not None:
+                row = db.execute("SELECT mac FROM leases WHERE ip=? AND expires>? AND "
+                                 "state IN ('offered','bound','declined')",
+                                 (lease.ip, check_free_at)).fetchone()
+                if row is not None and row[0] != lease.mac:
+                    return False
+                row = db.execute("SELECT mac FROM hosts WHERE ip=?", (lease.ip,)).fetchone()
+                if row is not None and row[0] != lease.mac:
+                    return False
+            if lease.state != "declined":
+                db.execute("DELETE FROM leases WHERE mac=? AND ip<>?", (lease.mac, lease.ip))
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
+                       (lease.ip, lease.mac, lease.expires, lease.state, lease.hostname))
+        return True
+
+    # -- events -------------------------------------------------------------
+    def add_event(self, ev: Event) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO events (ts, mac, kind, detail) VALUES (?,?,?,?)",
+                       (ev.ts, ev.mac, ev.kind, ev.detail))
+
+    def events(self, mac: str | None = None, limit: int = 1000) -> list[Event]:
+        if mac is None:
+            rows = self._query("SELECT ts, mac, kind, detail FROM events "
+                               "ORDER BY id DESC LIMIT ?", (limit,))
+            return [Event(*r) for r in reversed(rows)]
+        rows = self._query("SELECT ts, mac, kind, detail FROM events WHERE mac=? "
+                           "ORDER BY id DESC LIMIT ?", (mac, limit))
+        return [Event(*r) for r in reversed(rows)]
