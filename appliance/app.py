@@ -66,15 +66,8 @@ class Appliance:
             servers["ra"] = RouterAdvertiser(cfg.interface)
         return servers
 
-    def mac_for_ip(self, ip: str) -> str | None:
-        host = self.store.host_by_ip(ip)
-        if host is not None:
-            return host.mac
-        lease = self.store.lease_for_ip(ip)
-        return lease.mac if lease and lease.mac else None
-
     def _tftp_event(self, kind: str, client, path: str) -> None:
-        mac = self.mac_for_ip(client[0])
+        mac = self.store.mac_for_ip(client[0])
         if mac is not None:
             self.events.record(mac, kind, path, logging.getLogger("plowshare.tftp"))
 

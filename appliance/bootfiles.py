@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 
+from .bootscripts import BootScriptError
 from .model import Firmware, Machine, norm_mac
 from .policy import BootPolicy
 
@@ -48,4 +49,8 @@ class BootFiles:
         spec = self.policy.boot_spec(Machine(mac=mac, firmware=firmware, ipxe=True))
         if spec is None:
             return None
-        return render(spec, self.base_url).encode()
+        try:
+            return render(spec, self.base_url).encode()
+        except BootScriptError as exc:
+            log.warning("%s boot script not generated: %s", mac, exc)
+            return None

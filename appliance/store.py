@@ -208,6 +208,23 @@ class Store:
         return [Lease(*r) for r in self._query(
             "SELECT mac, ip, expires, state, hostname FROM leases ORDER BY ip")]
 
+    def mac_for_ip(self, ip: str | None, now: float | None = None) -> str | None:
+        """The MAC behind a client address: a host reservation, else a bound lease.
+
+        This is how TFTP and HTTP attribute a request to a machine; an offered,
+        expired or released lease does not count.
+        """
+        if not ip:
+            return None
+        host = self.host_by_ip(ip)
+        if host is not None:
+            return host.mac
+        lease = self.lease_for_ip(ip)
+        now = time.time() if now is None else now
+        if lease is not None and lease.state == "bound" and lease.expires > now:
+            return lease.mac
+        return None
+
     def busy_ips(self, now: float) -> dict[str, str]:
         """ip -> mac for every address that is taken now (by lease or reservation)."""
         out = {ip: mac for ip, mac in self._query(

@@ -220,15 +220,15 @@ class RouterAdvertiser:
             self._sock = self._open_socket()
         self._stop.clear()
         self._wake_r, self._wake_w = socket.socketpair()
-        self._thread = threading.Thread(
-            target=self._run, name=f"ra-{self.interface}", daemon=True
-        )
-        self._thread.start()
         log.info(
             "sending router advertisements (lifetime 0) on %s every %gs%s",
             self.interface, self.interval,
             "" if self._sender else "; answering router solicitations",
         )
+        self._thread = threading.Thread(
+            target=self._run, name=f"ra-{self.interface}", daemon=True
+        )
+        self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         thread = self._thread
@@ -251,6 +251,10 @@ class RouterAdvertiser:
 
     @property
     def running(self) -> bool:
+        return self.is_alive()
+
+    def is_alive(self) -> bool:
+        """The supervisor's liveness probe (same contract as every server)."""
         return self._thread is not None and self._thread.is_alive()
 
     # -- socket ------------------------------------------------------------

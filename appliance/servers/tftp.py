@@ -7,14 +7,16 @@ this module only moves datagrams, keeps timers and reaps sessions.
 
 Contracts and quirks:
 
-- WRQ is refused with ERROR 2; unknown or misplaced opcodes get ERROR 4; an
-  ERROR packet is never answered, nor is a stray ACK on the listener.  No exception escapes the loop: a handler
-  that raises is logged, its session ends with ERROR 0.
-- Refusals are sent from the listening socket (tftp-hpa, atftp, curl, iPXE
-  all accept that); transfers run on their own socket.
-- A duplicate RRQ (same client address and file) while its transfer is
-  still waiting for the first ACK is dropped; a different RRQ from the same
-  address replaces the old transfer.
+- WRQ is refused with ERROR 2; unknown or misplaced opcodes get ERROR 4.
+  ERRORs are never answered, nor are stray ACKs on the listener (tftp-hpa
+  ACKs the ERROR it was refused with).  No exception escapes the loop: a
+  handler that raises is logged and its session ends with ERROR 0.
+- Refusals are sent from the listening socket (tftp-hpa, atftp and curl
+  accept that); transfers run on their own socket.
+- A duplicate RRQ (same client address and file) while its transfer still
+  waits for the ACK of the OACK or of DATA 1 is dropped; any other RRQ from
+  that address replaces the old transfer.
+- ``generate`` and ``on_event`` run on the loop thread: keep them fast.
 - Retransmission: the negotiated ``timeout`` option or ``timeout`` seconds,
   doubled on each retry up to ``max_backoff``; after ``retries`` retries the
   session is reaped.  ACKs for older blocks are ignored (Sorcerer's
@@ -28,6 +30,7 @@ Contracts and quirks:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -37,16 +40,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import tftp_engine as te
 from .tftp_engine import (
-    BLOCK_MODULO,
-    ERR_ACCESS,
-    ERR_ILLEGAL_OP,
-    ERR_UNDEFINED,
-    ERR_UNKNOWN_TID,
-    OP_ACK,
-    OP_ERROR,
-    OP_RRQ,
-    OP_WRQ,
     Accept,
     GenerateFn,
     Refuse,
@@ -93,7 +88,7 @@ class _Session:
 
     def _next_data(self) -> None:
         data = self.acc.source.read(self.acc.blksize)
-        self.block = (self.block + 1) % BLOCK_MODULO
+        self.block = (self.block + 1) % te.BLOCK_MODULO
         self.final = len(data) < self.acc.blksize
         self.sent_bytes += len(data)
         if not self.started:
@@ -106,10 +101,7 @@ class _Session:
         self._transmit()
 
     def _transmit(self) -> None:
-        try:
-            self.sock.sendto(self.last, self.client)
-        except OSError as exc:  # full buffer, unreachable: the timer retries
-            log.debug("send to %s failed: %s", self.client, exc)
+        self.server._sendto(self.sock, self.last, self.client)  # lost: the timer retries
         self.deadline = time.monotonic() + self.timeout
         self.server._arm(self)
 
@@ -117,21 +109,21 @@ class _Session:
         """Handle one datagram that arrived on this transfer's socket."""
         op = opcode_of(data)
         if addr != self.client:
-            if op != OP_ERROR:
+            if op != te.OP_ERROR:
                 self.server._sendto(self.sock, encode_error(
-                    ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
+                    te.ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
             log.info("datagram from foreign TID %s:%d on transfer to %s:%d",
                      *addr, *self.client)
             return
-        if op == OP_ERROR:
+        if op == te.OP_ERROR:
             code, msg = parse_error(data)
             self.server._end(self, "tftp-error" if self.started else None,
                              f"client sent ERROR {code} {msg!r}")
             return
-        block = parse_ack(data) if op == OP_ACK else None
+        block = parse_ack(data) if op == te.OP_ACK else None
         if block is None:
             self.server._sendto(self.sock, encode_error(
-                ERR_ILLEGAL_OP, "illegal TFTP operation"), addr)
+                te.ERR_ILLEGAL_OP, "illegal TFTP operation"), addr)
             self.server._end(self, "tftp-error", f"illegal packet (opcode {op})")
         elif block == self.block:
             if self.final:
@@ -140,9 +132,8 @@ class _Session:
                 self._next_data()
         # else: an ACK for an older block - send nothing (Sorcerer's Apprentice)
 
-    def on_timer(self, now: float) -> None:
-        if now < self.deadline:
-            return
+    def on_timer(self) -> None:
+        """The deadline passed: retransmit with backoff, or give up."""
         if self.retries >= self.server.retries:
             self.server._end(self, "tftp-error", f"no ACK after {self.retries} retries")
             return
@@ -232,24 +223,31 @@ class TftpServer:
     def stop(self) -> None:
         """Stop the loop, close every socket and file, join the thread."""
         self._stopping.set()
-        if self._wake_w is not None:
-            try:
-                self._wake_w.send(b"x")
-            except OSError:
-                pass
+        with contextlib.suppress(OSError, AttributeError):
+            self._wake_w.send(b"x")
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
 
+    def is_alive(self) -> bool:
+        """True while the loop thread runs (the app's supervisor polls this)."""
+        return self._thread is not None and self._thread.is_alive()
+
     # ----------------------------------------------------------------- loop
 
     def _loop(self) -> None:
+        """Run until stopped; 100 failed iterations in a row end the thread
+        (its supervisor restarts it) instead of spinning."""
+        failures = 0
         try:
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() and failures < 100:
                 try:
                     self.run_once()
+                    failures = 0
                 except Exception:  # never let one bad datagram end serving
-                    log.exception("TFTP loop iteration failed")
+                    failures += 1
+                    log.exception("TFTP loop iteration failed (%d in a row)", failures)
+                    self._stopping.wait(0.01)
         finally:
             self._close_all()
 
@@ -283,7 +281,7 @@ class TftpServer:
             except Exception:
                 log.exception("TFTP handler failed for %s", addr)
                 if session is not None:
-                    self._sendto(sock, encode_error(ERR_UNDEFINED, "internal error"), addr)
+                    self._sendto(sock, encode_error(te.ERR_UNDEFINED, "internal error"), addr)
                     self._end(session, "tftp-error", "internal error")
                     return
 
@@ -303,7 +301,7 @@ class TftpServer:
                 self._arm(session)
                 continue
             try:
-                session.on_timer(now)
+                session.on_timer()
             except Exception:
                 log.exception("TFTP timer failed for %s", session.client)
                 self._end(session, "tftp-error", "internal error")
@@ -312,28 +310,26 @@ class TftpServer:
 
     def _on_listener(self, data: bytes, client: tuple[str, int]) -> None:
         op = opcode_of(data)
-        if op in (OP_ERROR, OP_ACK):
-            # never answer an ERROR; stray ACKs are normal (tftp-hpa ACKs the
-            # ERROR it was refused with) and answering them is only noise
+        if op in (te.OP_ERROR, te.OP_ACK):  # see the module doc
             log.debug("opcode %s from %s:%d on the listener ignored", op, *client)
             return
-        if op == OP_WRQ:
-            return self._refuse(client, "WRQ", Refuse(ERR_ACCESS, "read-only server"))
-        if op != OP_RRQ:
+        if op == te.OP_WRQ:
+            return self._refuse(client, "WRQ", Refuse(te.ERR_ACCESS, "read-only server"))
+        if op != te.OP_RRQ:
             return self._refuse(client, f"opcode {op}",
-                                Refuse(ERR_ILLEGAL_OP, "illegal TFTP operation"))
+                                Refuse(te.ERR_ILLEGAL_OP, "illegal TFTP operation"))
         req = parse_request(data)
         if isinstance(req, Refuse):
             return self._refuse(client, "RRQ", req)
         old = self._by_client.get(client)
         if old is not None:
-            if old.filename == req.filename and old.block <= 1:
+            if old.filename == req.filename and old.sent_bytes <= old.acc.blksize:
                 log.debug("duplicate RRQ %r from %s:%d dropped", req.filename, *client)
                 return
             self._end(old, None, "replaced by a new request")
         what = f"RRQ {req.filename!r}"
         if len(self._by_client) >= self.max_sessions:
-            return self._refuse(client, what, Refuse(ERR_UNDEFINED, "busy"), req.filename)
+            return self._refuse(client, what, Refuse(te.ERR_UNDEFINED, "busy"), req.filename)
         decision = decide_rrq(req.filename, req.mode, req.options, self.root,
                               self.generate, client)
         if isinstance(decision, Refuse):
@@ -346,13 +342,18 @@ class TftpServer:
         except OSError as exc:
             acc.close()
             return self._refuse(client, f"RRQ {req.filename!r}", Refuse(
-                ERR_UNDEFINED, f"cannot open socket: {exc.strerror}"), req.filename)
+                te.ERR_UNDEFINED, f"cannot open socket: {exc.strerror}"), req.filename)
         session = _Session(self, sock, client, req, acc)
         self._by_client[client] = session
         self._sel.register(sock, selectors.EVENT_READ, session)
         log.info("RRQ %r from %s:%d accepted: %s %d bytes, blksize %d, options %s",
                  req.filename, *client, req.mode, acc.size, acc.blksize, acc.options or "-")
-        session.begin()
+        try:
+            session.begin()
+        except Exception:  # e.g. EIO reading the first block
+            log.exception("starting %r for %s:%d failed", req.filename, *client)
+            self._sendto(sock, encode_error(te.ERR_UNDEFINED, "internal error"), client)
+            self._end(session, "tftp-error", "internal error")
 
     def _refuse(self, client, what: str, refusal: Refuse, path: str | None = None) -> None:
         """Answer ERROR from the listener; a named file also emits tftp-error."""
@@ -368,10 +369,8 @@ class TftpServer:
             return
         if self._by_client.get(session.client) is session:
             del self._by_client[session.client]
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(session.sock)
-        except (KeyError, ValueError):
-            pass
         session.sock.close()
         session.sock = None
         session.acc.close()
@@ -386,10 +385,11 @@ class TftpServer:
         if event:
             self._emit(event, c, session.acc.path)
 
-    def _sendto(self, sock, packet: bytes, addr) -> None:
+    @staticmethod
+    def _sendto(sock, packet: bytes, addr) -> None:
         try:
             sock.sendto(packet, addr)
-        except OSError as exc:
+        except OSError as exc:  # lost like any datagram
             log.debug("send to %s failed: %s", addr, exc)
 
     def _emit(self, kind: str, client, path: str) -> None:
@@ -404,9 +404,7 @@ class TftpServer:
         for session in list(self._by_client.values()):
             self._end(session, None, "server stopping")
         self._timers.clear()
-        for s in (self._sock, self._wake_r, self._wake_w):
-            if s is not None:
-                s.close()
-        if self._sel is not None:
-            self._sel.close()
+        for closable in (self._sock, self._wake_r, self._wake_w, self._sel):
+            if closable is not None:
+                closable.close()
         self._sock = self._wake_r = self._wake_w = self._sel = None

@@ -1,0 +1,1 @@
+"""End-to-end tests: network-namespace lab, QEMU guests, test initrd."""

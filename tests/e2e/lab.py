@@ -25,6 +25,7 @@ Contract:
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import os
 import re
@@ -33,6 +34,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from typing import Self
 
 NS_PREFIX = "ps-"
 SERVER_NS_TAG = "srv"
@@ -55,6 +57,9 @@ ID_RANDOM_BYTES = 2
 LINK_LOCAL_WAIT = 5
 POLL_INTERVAL = 0.1
 
+#: prctl(2) option: signal to get when the parent thread dies.
+_PR_SET_PDEATHSIG = 1
+
 _NS_NAME = re.compile(rf"^{NS_PREFIX}(?:{SERVER_NS_TAG}|{WIRE_NS_TAG})-(\d+)x[0-9a-f]+$")
 
 
@@ -76,6 +81,14 @@ def list_namespaces() -> list[str]:
     """Names of all named network namespaces on the host."""
     out = _run(["ip", "netns", "list"]).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _die_with_parent() -> None:
+    """preexec hook: SIGTERM this child when the test process dies (even by SIGKILL).
+
+    Survives ``ip netns exec``'s execve, so it reaches QEMU itself.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -199,7 +212,7 @@ class NetLab:
             time.sleep(POLL_INTERVAL)
 
     # -- lifecycle -----------------------------------------------------------
-    def start(self) -> NetLab:
+    def start(self) -> Self:
         """Build the namespaces, veth, bridge and ``prov0`` address. Idempotent."""
         if self._started:
             return self
@@ -276,7 +289,7 @@ class NetLab:
         self.taps.clear()
         self._started = False
 
-    def __enter__(self) -> NetLab:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -303,7 +316,11 @@ class NetLab:
         return _run(self._ns_cmd(self.wire_ns, cmd), check=check, timeout=timeout, **kwargs)
 
     def popen_in_server(self, cmd: Sequence[str], **kwargs) -> subprocess.Popen:
-        """Start ``cmd`` in the server namespace; the lab stops it in :meth:`stop`."""
+        """Start ``cmd`` in the server namespace; the lab stops it in :meth:`stop`.
+
+        The child gets SIGTERM if the test process dies; keyword arguments go
+        to :class:`subprocess.Popen` (stdin defaults to /dev/null).
+        """
         return self._popen(self.server_ns, cmd, **kwargs)
 
     def popen_in_wire(self, cmd: Sequence[str], **kwargs) -> subprocess.Popen:
@@ -314,6 +331,7 @@ class NetLab:
         if not self._started:
             raise LabError("lab not started")
         kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("preexec_fn", _die_with_parent)
         proc = subprocess.Popen(self._ns_cmd(ns, cmd), **kwargs)
         self._procs.append(proc)
         return proc

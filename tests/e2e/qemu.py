@@ -30,6 +30,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 from .lab import NetLab
 
@@ -159,7 +160,7 @@ class Guest:
         return [*args, "-device", nic, *self.extra_args]
 
     # -- lifecycle -----------------------------------------------------------
-    def start(self) -> Guest:
+    def start(self) -> Self:
         """Start a new boot (a new log file); the previous run must have ended.
 
         The OVMF vars copy is created on the first UEFI boot and kept across
@@ -250,7 +251,7 @@ class Guest:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> Guest:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from .initrd import BUSYBOX, DI_KERNEL, build_test_initrd
-from .lab import NetLab, list_namespaces
+from .lab import NS_PREFIX, SERVER_NS_TAG, NetLab, list_namespaces
 from .qemu import (
     BOOT_TIMEOUT,
     FIRMWARE_ERROR_PATTERNS,
@@ -46,7 +46,7 @@ UDHCPD_ARP_MS = 200
 #: Seconds to wait for a stand-in server to accept connections / write a file.
 SERVER_READY_TIMEOUT = 10
 KICKSTART_BODY = "# plowshare harness self-check\nrootpw --plaintext lab\n"
-_KS_BLOCK = re.compile(r"PLOWSHARE-KS-BEGIN\r?\n(.*?)PLOWSHARE-KS-END", re.S)
+_KS_BLOCK = re.compile(r"PLOWSHARE-KS-BEGIN\r?\n(.*?)PLOWSHARE-KS-END", re.DOTALL)
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +66,12 @@ def lab():
 
 
 @pytest.fixture
-def udhcpd(lab: NetLab, tmp_path: Path) -> dict:
-    """busybox udhcpd on prov0 handing out .100-.150, no boot file."""
+def udhcpd(lab: NetLab, tmp_path: Path, request) -> dict:
+    """busybox udhcpd on prov0 handing out .100-.150, no boot file.
+
+    Indirect parametrisation adds config lines (a callable taking the lab).
+    """
+    extra = getattr(request, "param", None)
     leases = tmp_path / "udhcpd.leases"
     conf = tmp_path / "udhcpd.conf"
     conf.write_text("\n".join([
@@ -78,16 +82,16 @@ def udhcpd(lab: NetLab, tmp_path: Path) -> dict:
         f"pidfile {tmp_path / 'udhcpd.pid'}",
         f"option subnet {lab.netmask}",
         f"option lease {LEASE_SECONDS}",
+        *(extra(lab) if extra else ()),
         "",
     ]))
     leases.touch()
-    log = open(tmp_path / "udhcpd.log", "wb")
-    proc = lab.popen_in_server([str(BUSYBOX), "udhcpd", "-f", "-a", str(UDHCPD_ARP_MS),
-                                str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "udhcpd.log", "wb") as log:
+        proc = lab.popen_in_server([str(BUSYBOX), "udhcpd", "-f", "-a", str(UDHCPD_ARP_MS),
+                                    str(conf)], stdout=log, stderr=subprocess.STDOUT)
     yield {"proc": proc, "leases": leases, "log": tmp_path / "udhcpd.log"}
     proc.terminate()
     proc.wait()
-    log.close()
 
 
 @pytest.fixture
@@ -97,21 +101,50 @@ def httpd(lab: NetLab, tmp_path: Path) -> dict:
     root.mkdir()
     (root / "ks").write_text(KICKSTART_BODY)
     (root / "done").write_text("ok\n")
+    (root / "ready").write_text("ok\n")
     log_path = tmp_path / "httpd.log"
-    log = open(log_path, "wb")
-    proc = lab.popen_in_server([str(BUSYBOX), "httpd", "-f", "-vv", "-p",
-                                f"{lab.server_addr}:{HTTP_PORT}", "-h", str(root)],
-                               stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "wb") as log:
+        proc = lab.popen_in_server([str(BUSYBOX), "httpd", "-f", "-vv", "-p",
+                                    f"{lab.server_addr}:{HTTP_PORT}", "-h", str(root)],
+                                   stdout=log, stderr=subprocess.STDOUT)
     base = f"http://{lab.server_addr}:{HTTP_PORT}"
     deadline = time.monotonic() + SERVER_READY_TIMEOUT
-    while lab.run_in_server([str(BUSYBOX), "wget", "-q", "-O", "-", f"{base}/done"],
+    while lab.run_in_server([str(BUSYBOX), "wget", "-q", "-O", "-", f"{base}/ready"],
                             check=False).returncode != 0:
         assert time.monotonic() < deadline, "busybox httpd did not come up"
         time.sleep(0.2)
     yield {"base": base, "log": log_path}
     proc.terminate()
     proc.wait()
-    log.close()
+
+
+def _host_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split(":")[1].strip() for line in out.splitlines()}
+
+
+def test_lab_removes_stale_namespaces_and_spares_host(tmp_path):
+    """A namespace left by a dead owner is deleted on start(); host links are untouched."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"{NS_PREFIX}{SERVER_NS_TAG}-{dead.pid}x0000"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    before = _host_links()
+    net = NetLab()
+    try:
+        net.start()
+        assert stale not in list_namespaces()
+        assert {net.server_ns, net.wire_ns} <= set(list_namespaces())
+        net.add_tap()
+        assert _host_links() == before
+        assert net.run_in_server(["ip", "-4", "-o", "addr", "show", "dev", net.server_iface]
+                                 ).stdout.count(f"{net.server_addr}/{net.prefix_len}") == 1
+        assert net.server_link_local().startswith("fe80::")
+    finally:
+        net.stop()
+        subprocess.run(["ip", "netns", "delete", stale], check=False, capture_output=True)
+    assert not {net.server_ns, net.wire_ns} & set(list_namespaces())
 
 
 def dump_leases(lab: NetLab, udhcpd: dict) -> str:
@@ -145,7 +178,10 @@ def test_direct_kernel_boot_fetches_kickstart(lab, udhcpd, httpd, test_initrd, t
     assert block.group(1).replace("\r\n", "\n") == KICKSTART_BODY
     assert "PLOWSHARE-DONE-OK" in log
     assert "PLOWSHARE-ERROR" not in log
-    assert "/done" in httpd["log"].read_text(errors="replace")
+    guest_ip = ip.group(1).split("/")[0]
+    access = httpd["log"].read_text(errors="replace")
+    for path in ("/ks", "/done"):
+        assert re.search(rf"^{re.escape(guest_ip)}:\d+: url:{path}$", access, re.MULTILINE), access
     assert lab.guest_mac(1) in dump_leases(lab, udhcpd)
 
 
@@ -166,7 +202,18 @@ def test_bios_pxe_rom_does_dhcp(lab, udhcpd, tmp_path):
     assert lab.guest_mac(2) in dump_leases(lab, udhcpd)
 
 
+def _pxe_offer_without_tftp(lab: NetLab) -> list[str]:
+    """udhcpd config lines: option 60 PXEClient, a boot file, next server = us.
+
+    Observed: OVMF then completes DHCP ("Station IP address is ...") and
+    reports PXE-E16 ~14 s after ">>Start PXE over IPv4"; with plain offers it
+    waits ~60 s first. No TFTP server runs."""
+    return [f"siaddr {lab.server_addr}", "boot_file plowshare-missing.efi",
+            f"option 60 {b'PXEClient'.hex()}"]
+
+
 @pytest.mark.skipif(not OVMF_CODE.exists(), reason="ovmf not installed")
+@pytest.mark.parametrize("udhcpd", [_pxe_offer_without_tftp], indirect=True)
 def test_uefi_pxe_starts_and_fails_fast(lab, udhcpd, tmp_path):
     """OVMF's own PXE (ROM removed) runs on the tap; with no PXE offer it stops at PXE-E.."""
     guest = Guest(lab, "pxe-uefi", lab.guest_mac(3), workdir=tmp_path, firmware="uefi")
@@ -181,5 +228,8 @@ def test_uefi_pxe_starts_and_fails_fast(lab, udhcpd, tmp_path):
               f"{err.value.match.group(0).strip()!r} after {guest.elapsed:.1f}s")
         assert err.value.match.group(0).startswith("PXE-E")
         assert not guest.running, "guest must be killed at the first PXE-E line"
+        assert f"Station IP address is {lab.host_addr(POOL_FIRST).rsplit('.', 1)[0]}." \
+            in guest.log
+        assert lab.guest_mac(3) in dump_leases(lab, udhcpd)
     finally:
         guest.stop()

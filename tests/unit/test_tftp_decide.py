@@ -15,8 +15,8 @@ from appliance.servers.tftp_engine import (
     ERR_UNDEFINED,
     OP_ERROR,
     Accept,
-    NetasciiSource,
     BytesSource,
+    NetasciiSource,
     Refuse,
     decide_rrq,
     encode_data,
@@ -106,6 +106,13 @@ def test_leading_slash_is_relative_to_root(root, name):
 @pytest.mark.parametrize("name", ["a\nb", "pxe\x00", "x\x7f", "\x1b[2J"])
 def test_control_characters_refused(root, name):
     assert decide(root, name).code == ERR_ACCESS
+
+
+def test_overlong_and_odd_names_refused(root):
+    assert decide(root, "a" * 5000).code in (ERR_NOT_FOUND, ERR_ACCESS)
+    assert decide(root, "x/" * 3000 + "y").code in (ERR_NOT_FOUND, ERR_ACCESS)
+    (root / "loop").symlink_to("loop")
+    assert decide(root, "loop").code == ERR_ACCESS
 
 
 def test_normalise_path():

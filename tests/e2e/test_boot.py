@@ -1,0 +1,112 @@
+"""Real firmware netboots from Plowshare, installs once, then boots locally.
+
+One lab and one ``plowshare serve`` for the module; each firmware gets its
+own host.  A guest's first boot must go PXE ROM -> iPXE -> HTTP script ->
+kernel + initrd over HTTP -> kickstart rendered for its own MAC -> the
+completion callback; the host's netboot flag must then be off, and the
+second boot must get the local-boot script without fetching a kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from .appliance_proc import PlowshareProcess
+from .initrd import DI_KERNEL, build_test_initrd
+from .lab import NetLab
+from .qemu import Guest, boot_with_retry
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+]
+
+BOOT_TIMEOUT = 300            # TCG: BIOS reaches /init in ~20 s, UEFI ~35 s; be generous
+LOCAL_TIMEOUT = 240
+CMDLINE = "console=ttyS0 ks={{ ks_url }} done={{ done_url }}"
+MACS = {"bios": "52:54:00:e2:e0:01", "uefi": "52:54:00:e2:e0:02"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    initrd = build_test_initrd()
+    lab = NetLab().start()
+    server = PlowshareProcess(lab, work / "state", work / "plowshare.log")
+    try:
+        server.cli("distro", "add", "testinst", "--kernel", str(DI_KERNEL),
+                   "--initrd", str(initrd))
+        server.cli("profile", "add", "testinst", "--distro", "testinst",
+                   "--template", "default.ks.j2", "--cmdline", CMDLINE)
+        for fw, mac in MACS.items():
+            server.cli("host", "add", mac, "--profile", "testinst", "--name", f"e2e-{fw}")
+        server.start()
+        yield lab, server, work
+    finally:
+        code = server.stop()
+        lab.stop()
+    assert code == 0, f"plowshare did not stop cleanly on SIGTERM (exit {code})"
+
+
+def _kickstart(log: str) -> str:
+    m = re.search(r"PLOWSHARE-KS-BEGIN\r?\n(.*?)PLOWSHARE-KS-END", log, re.DOTALL)
+    assert m, "guest printed no kickstart"
+    return m.group(1)
+
+
+def _wait_local_script(server: PlowshareProcess, mac: str, after: int, guest: Guest) -> list:
+    deadline = time.monotonic() + LOCAL_TIMEOUT
+    while time.monotonic() < deadline:
+        new = server.events(mac)[after:]
+        if any(e["kind"] == "http-script" and e["detail"].startswith("local") for e in new):
+            return new
+        if not guest.running:
+            break
+        time.sleep(1)
+    raise AssertionError(f"no local-boot script served to {mac}; events {new}\n"
+                         f"guest log tail:\n{guest.log[-2000:]}\nserver:\n{server.log()}")
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_netboot_once(served, firmware):
+    lab, server, work = served
+    mac = MACS[firmware]
+    host = server.host(mac)
+    assert host["netboot"] is True and host["token"]
+
+    guest = Guest(lab, f"{firmware}-1", mac, workdir=work, firmware=firmware)
+    try:
+        boot_with_retry(guest, r"PLOWSHARE-DONE-(OK|FAIL)", BOOT_TIMEOUT)
+        guest.wait_exit(60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nserver log:\n{server.log()}") from None
+    finally:
+        guest.stop()
+    log = guest.log
+    assert "PLOWSHARE-DONE-OK" in log, log[-3000:]
+    ks = _kickstart(log)
+    assert f"Plowshare kickstart for e2e-{firmware} ({mac})" in ks
+    assert f"/done/{host['token']}" in ks  # the completion callback from the snippet
+
+    host = server.host(mac)
+    assert host["netboot"] is False and host["token"] is None
+    first = server.events(mac)
+    kinds = [e["kind"] for e in first]
+    for kind in ("dhcp-discover", "dhcp-offer", "dhcp-ack", "http-script", "http-kernel",
+                 "http-initrd", "kickstart", "install-done"):
+        assert kind in kinds, f"{kind} missing from timeline {kinds}"
+    if firmware == "uefi":
+        assert "tftp-done" in kinds  # OVMF fetched iPXE over TFTP
+
+    second = Guest(lab, f"{firmware}-2", mac, workdir=work, firmware=firmware,
+                   tap=guest.tap)
+    try:
+        second.start()
+        new = _wait_local_script(server, mac, len(first), second)
+    finally:
+        second.stop()
+    assert not [e for e in new if e["kind"] in ("http-kernel", "http-initrd", "kickstart")]
