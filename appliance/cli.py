@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run DHCP, TFTP and HTTP in the foreground")
+    s.add_argument("--config", dest="serve_config", metavar="FILE", help="TOML config file")
+    s.add_argument("--state", dest="serve_state", metavar="DIR", help="state directory")
     s.add_argument("--interface", help="provisioning interface (DHCP, RA)")
     s.add_argument("--address", help="this appliance's address on that network")
     s.add_argument("--pool", help="dynamic pool FIRST-LAST")
@@ -77,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> Config:
+    if args.cmd == "serve":  # `plowshare serve --state X` == `plowshare --state X serve`
+        args.state = args.serve_state or args.state
+        args.config = args.serve_config or args.config
     over = {"state_dir": args.state}
     if args.cmd == "serve":
         over.update(interface=args.interface, address=args.address, pool=args.pool,

@@ -257,6 +257,21 @@ class NetLab:
     def _sysctl(ns: str, key: str, value: str) -> None:
         _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}"])
 
+    def add_client_port(self, name: str, mac: str) -> str:
+        """A veth in the wire namespace with ``mac``, its peer on ``br0``.
+
+        For real DHCP clients (udhcpc, dhclient) and raw test packets that
+        run as processes in the wire namespace rather than as QEMU guests.
+        Returns the client-side interface name.
+        """
+        wire = self.wire_ns
+        _run(["ip", "-n", wire, "link", "add", name, "address", mac, "type", "veth",
+              "peer", "name", f"{name}b"])
+        _run(["ip", "-n", wire, "link", "set", f"{name}b", "master", BRIDGE])
+        _run(["ip", "-n", wire, "link", "set", f"{name}b", "up"])
+        _run(["ip", "-n", wire, "link", "set", name, "up"])
+        return name
+
     def add_tap(self, name: str | None = None) -> str:
         """Create a tap in the wire namespace, enslave it to ``br0``, bring it up.
 
