@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     hs.add_argument("--json", action="store_true")
     hn = h.add_parser("netboot")
     hn.add_argument("mac")
-    hn.add_argument("state", choices=["on", "off"])
+    hn.add_argument("onoff", choices=["on", "off"], metavar="on|off")
 
     e = sub.add_parser("events", help="a machine's boot timeline")
     e.add_argument("mac")
@@ -136,8 +136,8 @@ def _cmd_host(store: Store, cfg: Config, args) -> int:
             for key, value in data.items():
                 print(f"{key}: {value}")
     elif args.action == "netboot":
-        host = store.set_netboot(norm_mac(args.mac), args.state == "on", cfg.token_ttl)
-        print(f"host {host.mac} netboot {args.state}")
+        host = store.set_netboot(norm_mac(args.mac), args.onoff == "on", cfg.token_ttl)
+        print(f"host {host.mac} netboot {args.onoff}")
     return 0
 
 

@@ -145,7 +145,13 @@ class Store:
             if h.netboot else (None, None)
         try:
             with self._tx() as db:
-                db.execute("INSERT OR REPLACE INTO hosts VALUES (?,?,?,?,?,?,?,?)",
+                # an upsert on the MAC: INSERT OR REPLACE would silently delete
+                # another host that holds the same reserved IP
+                db.execute("INSERT INTO hosts VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(mac) DO "
+                           "UPDATE SET name=excluded.name, ip=excluded.ip, "
+                           "profile=excluded.profile, netboot=excluded.netboot, "
+                           "token=excluded.token, token_expires=excluded.token_expires, "
+                           "variables=excluded.variables",
                            (h.mac, h.name, h.ip, h.profile, int(h.netboot), token, expires,
                             json.dumps(h.variables)))
         except sqlite3.IntegrityError as exc:

@@ -27,14 +27,14 @@ SERVER = "10.99.0.1"
 MAC = "52:54:00:12:34:56"
 UUID = b"\x00" + bytes(range(16))
 
-SEABIOS_IPXE_ROM = dict(vendor=b"PXEClient:Arch:00000:UNDI:002001", user=b"iPXE", arch=0,
-                        broadcast=False)
+SEABIOS_IPXE_ROM = {"vendor": b"PXEClient:Arch:00000:UNDI:002001", "user": b"iPXE", "arch": 0,
+                        "broadcast": False}
 UNDIONLY_KPXE = dict(SEABIOS_IPXE_ROM, broadcast=True)
-OVMF_PXE = dict(vendor=b"PXEClient:Arch:00007:UNDI:003000", user=None, arch=7,
-                broadcast=True, uuid=UUID)
-IPXE_EFI = dict(vendor=b"PXEClient:Arch:00007:UNDI:003010", user=b"iPXE", arch=7,
-                broadcast=False)
-LINUX = dict(vendor=None, user=None, arch=None, broadcast=False)
+OVMF_PXE = {"vendor": b"PXEClient:Arch:00007:UNDI:003000", "user": None, "arch": 7,
+                "broadcast": True, "uuid": UUID}
+IPXE_EFI = {"vendor": b"PXEClient:Arch:00007:UNDI:003010", "user": b"iPXE", "arch": 7,
+                "broadcast": False}
+LINUX = {"vendor": None, "user": None, "arch": None, "broadcast": False}
 
 
 def packet(fp: dict, msg=c.DISCOVER, mac=MAC, requested=None, server_id=None,
@@ -113,14 +113,14 @@ def test_ovmf_pxe_gets_efi_loader_over_tftp_with_pxe_options(ctx):
 
 
 def test_plain_pxe_bios_rom_gets_undionly(ctx):
-    fp = dict(vendor=b"PXEClient:Arch:00000:UNDI:002001", user=None, arch=0,
-              broadcast=True)
+    fp = {"vendor": b"PXEClient:Arch:00000:UNDI:002001", "user": None, "arch": 0,
+              "broadcast": True}
     pkt, _ = answer(ctx, packet(fp))
     assert pkt.file.rstrip(b"\0") == b"ipxe/undionly.kpxe"
 
 
 def test_ipxe_efi_gets_script(ctx):
-    pkt, opts = answer(ctx, packet(IPXE_EFI))
+    _pkt, opts = answer(ctx, packet(IPXE_EFI))
     assert opts["boot-file-name"].endswith(b"/boot/52:54:00:12:34:56.ipxe")
 
 
@@ -135,8 +135,8 @@ def test_plain_linux_client_gets_address_without_boot_info(ctx):
 
 @pytest.mark.parametrize("arch", [1, 2, 12, 31, 41, 42, 255, 0xFFFF])
 def test_unservable_or_unknown_arch_gets_no_boot_file_and_no_crash(ctx, arch):
-    fp = dict(vendor=b"PXEClient:Arch:%05d:UNDI:003000" % arch, user=None, arch=arch,
-              broadcast=True)
+    fp = {"vendor": b"PXEClient:Arch:%05d:UNDI:003000" % arch, "user": None, "arch": arch,
+              "broadcast": True}
     pkt, opts = answer(ctx, packet(fp))
     assert pkt.yiaddr == "10.99.0.100"
     assert "boot-file-name" not in opts
@@ -147,14 +147,14 @@ def test_arch_override_maps_unknown_value(ctx, tmp_path):
     dhcp = dataclasses.replace(ctx.config.dhcp, arch_overrides={4242: Firmware.EFI_X64})
     ctx.config = dataclasses.replace(ctx.config, dhcp=dhcp)
     ctx.policy.config = ctx.config
-    fp = dict(vendor=b"PXEClient", user=None, arch=4242, broadcast=True)
+    fp = {"vendor": b"PXEClient", "user": None, "arch": 4242, "broadcast": True}
     pkt, _ = answer(ctx, packet(fp))
     assert pkt.file.rstrip(b"\0") == b"ipxe/snponly.efi"
 
 
 def test_request_acks_only_after_lease_is_durable(ctx):
     answer(ctx, packet(LINUX))
-    pkt, opts = answer(ctx, packet(LINUX, c.REQUEST, requested="10.99.0.100",
+    _pkt, opts = answer(ctx, packet(LINUX, c.REQUEST, requested="10.99.0.100",
                                    server_id=SERVER))
     assert opts["message-type"] == c.ACK
     # what was acknowledged is already in the database, read by a new connection
@@ -206,7 +206,7 @@ def test_decline_keeps_address_out_of_pool(ctx):
 
 def test_netboot_off_still_answers_with_loader(ctx):
     ctx.policy.store.set_netboot(MAC, False, 60)
-    pkt, opts = answer(ctx, packet(SEABIOS_IPXE_ROM))
+    _pkt, opts = answer(ctx, packet(SEABIOS_IPXE_ROM))
     assert opts["boot-file-name"].endswith(b".ipxe")
 
 
