@@ -52,7 +52,7 @@ def test_distro_profile_host_events_flow(state, tmp_path, capsys):
     ["distro", "add", "d", "--kernel", "/nonexistent", "--initrd", "/nonexistent"],
 ])
 def test_errors_are_one_line_and_exit_2(state, capsys, argv):
-    code, out, err = run(capsys, "--state", str(state), *argv)
+    code, _, err = run(capsys, "--state", str(state), *argv)
     assert code == 2 and err.startswith("plowshare: ") and err.count("\n") == 1
 
 
