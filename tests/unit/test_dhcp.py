@@ -9,6 +9,7 @@ assertions are about bytes on the wire, not about our own data classes.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -234,3 +235,72 @@ def test_odd_option_93_does_not_crash(ctx):
     raw = packet(LINUX, extra=[(93, b"\x00")])  # one byte instead of two
     req = c.decode(raw)
     assert req is not None and req.arch is None
+
+
+# -- golden packets: bytes captured from real firmware -------------------------
+# Recorded with `sudo .venv/bin/python -m tests.e2e.capture_dhcp` (server
+# 10.99.88.1, pool from .100).  undionly.kpxe is not in QEMU's boot path (the
+# BIOS NIC ROM is already iPXE); NETBOOT-NOTES records that it differs from
+# the ROM only by the broadcast flag, so its packet is the ROM's with the flag.
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "dhcp"
+GOLDEN_SERVER = "10.99.88.1"
+
+
+def golden(name: str, broadcast: bool = False) -> bytes:
+    raw = bytearray.fromhex((GOLDEN / f"{name}.hex").read_text().strip())
+    if broadcast:
+        raw[10] |= 0x80  # BOOTP flags, high bit
+    return bytes(raw)
+
+
+@pytest.fixture
+def gctx(ctx):
+    """The unit fixture re-addressed to the capture's network."""
+    cfg = ctx.config
+    dhcp = dataclasses.replace(cfg.dhcp, pool_first="10.99.88.100", pool_last="10.99.88.150")
+    ctx.config = dataclasses.replace(cfg, address=GOLDEN_SERVER, dhcp=dhcp)
+    ctx.policy.config = ctx.config
+    ctx.allocator = Allocator(ctx.policy.store, dhcp, GOLDEN_SERVER)
+    for n in range(4):
+        ctx.policy.store.add_host(Host(golden_mac(n), "p"), 3600)
+    return ctx
+
+
+def golden_mac(n: int) -> str:
+    return f"52:54:00:90:00:0{n}"
+
+
+def greply(ctx, payload):
+    reply = make_reply(c.decode(payload), ctx)
+    pkt = BOOTP(c.encode(reply, GOLDEN_SERVER))
+    return pkt, {k: v for k, v in (o for o in pkt[DHCP].options if isinstance(o, tuple))}
+
+
+@pytest.mark.parametrize(("name", "broadcast", "bootfile"), [
+    ("seabios-ipxe-rom", False, b"http://10.99.88.1/boot/52:54:00:90:00:00.ipxe"),
+    ("undionly-kpxe", True, b"http://10.99.88.1/boot/52:54:00:90:00:00.ipxe"),
+    ("ovmf-pxe", True, b"ipxe/snponly.efi"),
+    ("snponly-efi", False, b"http://10.99.88.1/boot/52:54:00:90:00:01.ipxe"),
+])
+def test_golden_firmware_discover_and_request(gctx, name, broadcast, bootfile):
+    source = "seabios-ipxe-rom" if name == "undionly-kpxe" else name
+    pkt, opts = greply(gctx, golden(f"{source}-discover", broadcast))
+    assert opts["message-type"] == c.OFFER
+    assert pkt.file.rstrip(b"\0") == bootfile
+    assert bool(pkt.flags & c.FLAG_BROADCAST) == broadcast
+    assert pkt.siaddr == GOLDEN_SERVER
+    request = golden(f"{source}-request", broadcast)
+    ack, aopts = greply(gctx, request)
+    # the captured REQUEST names the address it was offered in the capture
+    assert aopts["message-type"] == c.ACK
+    assert ack.yiaddr == c.decode(request).requested_ip
+    assert ack.file.rstrip(b"\0") == bootfile
+    assert "pxe_client_machine_identifier" in aopts  # option 97 echoed
+
+
+def test_golden_plain_linux_client(gctx):
+    pkt, opts = greply(gctx, golden("udhcpc-discover"))
+    assert opts["message-type"] == c.OFFER and pkt.file.rstrip(b"\0") == b""
+    ack, aopts = greply(gctx, golden("udhcpc-request"))
+    assert aopts["message-type"] == c.ACK and ack.yiaddr == pkt.yiaddr
+    assert "boot-file-name" not in aopts
