@@ -22,6 +22,7 @@ EXPECTED = {
     "ipxe/ipxe.efi": "ipxe",
     "ipxe/snponly.efi": "ipxe",
     "pxelinux/pxelinux.0": "pxelinux",
+    "pxelinux/lpxelinux.0": "pxelinux",
     "pxelinux/ldlinux.c32": "syslinux-common",
     "pxelinux/menu.c32": "syslinux-common",
     "pxelinux/libutil.c32": "syslinux-common",
