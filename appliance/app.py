@@ -21,7 +21,9 @@ from .events import EventLog
 from .kickstart import Renderer
 from .leases import Allocator
 from .policy import BootPolicy
+from .sandbox import Limits, RenderSandbox
 from .store import Store
+from .templates import TemplateLibrary
 
 log = logging.getLogger("plowshare.app")
 
@@ -34,7 +36,10 @@ class Appliance:
         self.config = config
         self.store = Store(config.db_path)
         self.events = EventLog(self.store)
-        self.renderer = Renderer(config.kickstarts_dir)
+        self.sandbox = RenderSandbox(Limits(seconds=config.render_seconds,
+                                            memory_mb=config.render_memory_mb))
+        self.library = TemplateLibrary(self.store, config.kickstarts_dir)
+        self.renderer = Renderer(self.sandbox, self.library)
         self.policy = BootPolicy(self.store, config, self.renderer)
         self.scripts = BootScripts(config.templates_dir)
         self.allocator = Allocator(self.store, config.dhcp, config.address)
@@ -72,8 +77,21 @@ class Appliance:
             self.events.record(mac, kind, path, logging.getLogger("plowshare.tftp"))
 
     # -- lifecycle ----------------------------------------------------------
-    def start(self) -> None:
+    def open(self) -> None:
+        """Open the state and start the render sandbox (no listeners)."""
         self.store.open()
+        try:
+            self.sandbox.start()
+        except Exception:
+            self.store.close()
+            raise
+
+    def close(self) -> None:
+        self.sandbox.stop()
+        self.store.close()
+
+    def start(self) -> None:
+        self.open()
         self.servers = self._build_servers()
         started = []
         try:
@@ -84,7 +102,7 @@ class Appliance:
         except Exception:
             for server in reversed(started):
                 server.stop()
-            self.store.close()
+            self.close()
             raise
 
     def stop(self) -> None:

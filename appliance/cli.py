@@ -22,6 +22,25 @@ from .store import Store, StoreError
 DEFAULT_STATE = str(Config.state_dir)
 
 
+def _var(text: str) -> tuple[str, object]:
+    """``KEY=VALUE``; VALUE is JSON when it parses as a list, object, number or bool."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with an identifier KEY: {text!r}")
+    try:
+        parsed = json.loads(value)
+        if isinstance(parsed, (list, dict, int, float, bool)):
+            return key, parsed
+    except ValueError:
+        pass
+    return key, value
+
+
+def _add_var_flag(parser) -> None:
+    parser.add_argument("--var", type=_var, action="append", default=[], metavar="KEY=VALUE",
+                        help="template variable (repeatable; JSON values allowed)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plowshare", description=__doc__.splitlines()[0])
     p.add_argument("--state", help=f"state directory (default {DEFAULT_STATE})")
@@ -46,7 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     da.add_argument("--kernel", required=True)
     da.add_argument("--initrd", required=True)
     da.add_argument("--arch", default="x86_64")
+    _add_var_flag(da)
     d.add_parser("list")
+    di = d.add_parser("import", help="register installer media (netboot tree, RHEL tree/ISO)")
+    di.add_argument("path")
+    di.add_argument("--name")
+    di.add_argument("--link", action="store_true",
+                    help="hard-link into the netboot tree instead of copying")
 
     pr = sub.add_parser("profile", help="distro + template + kernel args").add_subparsers(
         dest="action", required=True)
@@ -55,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--distro", required=True)
     pa.add_argument("--template")
     pa.add_argument("--cmdline", default="")
+    _add_var_flag(pa)
 
     h = sub.add_parser("host", help="machines, by MAC").add_subparsers(
         dest="action", required=True)
@@ -64,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     ha.add_argument("--name")
     ha.add_argument("--ip")
     ha.add_argument("--no-netboot", action="store_true")
+    _add_var_flag(ha)
     h.add_parser("list")
     hs = h.add_parser("show")
     hs.add_argument("mac")
@@ -71,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     hn = h.add_parser("netboot")
     hn.add_argument("mac")
     hn.add_argument("onoff", choices=["on", "off"], metavar="on|off")
+
+    from .cli_templates import add_parsers
+    add_parsers(sub)
 
     e = sub.add_parser("events", help="a machine's boot timeline")
     e.add_argument("mac")
@@ -98,6 +128,9 @@ def _host_dict(store: Store, host: Host) -> dict:
 
 
 def _cmd_distro(store: Store, cfg: Config, args) -> int:
+    if args.action == "import":
+        from .cli_templates import cmd_distro_import
+        return cmd_distro_import(store, cfg, args)
     if args.action == "list":
         for d in store.distros():
             print(f"{d.name}\t{d.arch}\t{d.kernel}\t{d.initrd}")
@@ -108,7 +141,8 @@ def _cmd_distro(store: Store, cfg: Config, args) -> int:
         if not resolved.is_file():
             raise StoreError(f"{label} {path}: not a file")
         paths.append(str(resolved))
-    store.add_distro(Distro(args.name, paths[0], paths[1], args.arch))
+    store.add_distro(Distro(args.name, paths[0], paths[1], args.arch,
+                            variables=dict(args.var)))
     print(f"distro {args.name} added")
     return 0
 
@@ -116,7 +150,7 @@ def _cmd_distro(store: Store, cfg: Config, args) -> int:
 def _cmd_host(store: Store, cfg: Config, args) -> int:
     if args.action == "add":
         host = Host(mac=norm_mac(args.mac), profile=args.profile, name=args.name,
-                    ip=args.ip, netboot=not args.no_netboot)
+                    ip=args.ip, netboot=not args.no_netboot, variables=dict(args.var))
         store.add_host(host, cfg.token_ttl)
         print(f"host {host.mac} added (netboot {'off' if args.no_netboot else 'on'})")
     elif args.action == "list":
@@ -153,7 +187,8 @@ def _cmd_events(store: Store, cfg: Config, args) -> int:
 
 
 def _cmd_profile(store: Store, cfg: Config, args) -> int:
-    store.add_profile(Profile(args.name, args.distro, args.template, args.cmdline))
+    store.add_profile(Profile(args.name, args.distro, args.template, args.cmdline,
+                              variables=dict(args.var)))
     print(f"profile {args.name} added")
     return 0
 
@@ -170,12 +205,27 @@ COMMANDS = {"distro": _cmd_distro, "profile": _cmd_profile, "host": _cmd_host,
             "events": _cmd_events}
 
 
+def _with_appliance(cfg: Config, args) -> int:
+    """Commands that render run against an opened (not serving) Appliance."""
+    from .app import Appliance
+    from .cli_templates import cmd_explain, cmd_template
+
+    app = Appliance(cfg)
+    app.open()
+    try:
+        return (cmd_template if args.cmd == "template" else cmd_explain)(app, args)
+    finally:
+        app.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         cfg = _config(args)
         if args.cmd == "serve":
             return _serve(cfg, args.verbose)
+        if args.cmd in ("template", "explain"):
+            return _with_appliance(cfg, args)
         store = Store(cfg.db_path).open()
         try:
             return COMMANDS[args.cmd](store, cfg, args)

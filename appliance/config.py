@@ -20,6 +20,10 @@ Example file::
     lease_time = 3600
     unknown = "ignore"          # or "boot" with default_profile
     arch_overrides = { 9 = "efi-x64" }
+
+    [variables]                 # global template variables (lowest layer)
+    timezone = "Europe/Berlin"
+    ssh_keys = ["ssh-ed25519 AAAA... ops@example"]
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ class Config:
     router_advertisements: bool = True
     token_ttl: int = 24 * 3600
     dhcp: DhcpConfig = field(default_factory=DhcpConfig)
+    variables: dict = field(default_factory=dict, hash=False)  # global template variables
+    render_seconds: float = 2.0      # per template render (sandbox time limit)
+    render_memory_mb: int = 256      # per sandbox worker (address space)
 
     @property
     def base_url(self) -> str:
@@ -148,7 +155,10 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
             raise ConfigError(f"{path}: {exc}") from None
     server = dict(raw.get("server", {}))
     dhcp_raw = dict(raw.get("dhcp", {}))
-    extra = set(raw) - {"server", "dhcp"}
+    variables = raw.get("variables", {})
+    if not isinstance(variables, dict):
+        raise ConfigError("[variables] must be a table")
+    extra = set(raw) - {"server", "dhcp", "variables"}
     if extra:
         raise ConfigError(f"unknown sections {sorted(extra)}")
     ov = {k: v for k, v in overrides.items() if v is not None}
@@ -163,4 +173,5 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
     if "address" in server:
         server["address"] = _ip(server["address"], "address")
     server["dhcp"] = _dhcp_from(dhcp_raw)
+    server["variables"] = dict(variables)
     return _build(Config, server, "server")

@@ -84,6 +84,7 @@ class Distro:
     initrd: str
     arch: str = "x86_64"
     breed: str = "generic"
+    variables: dict = field(default_factory=dict, hash=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,18 @@ class Profile:
     distro: str
     template: str | None = None
     cmdline: str = ""
+    variables: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class TemplateVersion:
+    """One saved version of an installer template (version 0: the bundled file)."""
+
+    name: str
+    version: int
+    body: str
+    ts: float = 0.0
+    note: str = ""
 
 
 @dataclass(frozen=True)

@@ -67,19 +67,24 @@ class BootPolicy:
             return base
         return self._install_spec(base, host)
 
-    def _install_spec(self, base: BootSpec, host: Host) -> BootSpec | None:
+    def _resolve(self, host: Host):
+        """(profile, distro, ip) for ``host``; ip falls back to its lease."""
         profile = self.store.profile(host.profile) if host.profile else None
         distro = self.store.distro(profile.distro) if profile else None
-        if profile is None or distro is None:
-            log.warning("%s netboot on but profile %r or its distro is missing",
-                        host.mac, host.profile)
-            return None
         ip = host.ip
         if ip is None:
             lease = self.store.lease_for_mac(host.mac)
             ip = lease.ip if lease else None
+        return profile, distro, ip
+
+    def _install_spec(self, base: BootSpec, host: Host) -> BootSpec | None:
+        profile, distro, ip = self._resolve(host)
+        if profile is None or distro is None:
+            log.warning("%s netboot on but profile %r or its distro is missing",
+                        host.mac, host.profile)
+            return None
         context = install_context(host, ip, profile, distro, self.config.base_url,
-                                  self.config.address, host.token)
+                                  self.config.address, host.token, self.config.variables)
         try:
             cmdline = self.renderer.render_string(profile.cmdline, context)
         except TemplateError as exc:
@@ -94,11 +99,6 @@ class BootPolicy:
 
     def install_context(self, host: Host) -> dict:
         """The template context for ``host``'s current install (kickstart rendering)."""
-        profile = self.store.profile(host.profile) if host.profile else None
-        distro = self.store.distro(profile.distro) if profile else None
-        ip = host.ip
-        if ip is None:
-            lease = self.store.lease_for_mac(host.mac)
-            ip = lease.ip if lease else None
+        profile, distro, ip = self._resolve(host)
         return install_context(host, ip, profile, distro, self.config.base_url,
-                               self.config.address, host.token)
+                               self.config.address, host.token, self.config.variables)

@@ -24,19 +24,22 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .model import Distro, Event, Host, Lease, Profile
+from .model import Distro, Event, Host, Lease, Profile, TemplateVersion
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS distros (
     name TEXT PRIMARY KEY, kernel TEXT NOT NULL, initrd TEXT NOT NULL,
-    arch TEXT NOT NULL, breed TEXT NOT NULL);
+    arch TEXT NOT NULL, breed TEXT NOT NULL, variables TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS profiles (
     name TEXT PRIMARY KEY, distro TEXT NOT NULL REFERENCES distros(name),
-    template TEXT, cmdline TEXT NOT NULL DEFAULT '');
+    template TEXT, cmdline TEXT NOT NULL DEFAULT '', variables TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE IF NOT EXISTS templates (
+    name TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL, ts REAL NOT NULL,
+    note TEXT NOT NULL DEFAULT '', PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS hosts (
     mac TEXT PRIMARY KEY, name TEXT, ip TEXT UNIQUE,
     profile TEXT REFERENCES profiles(name), netboot INTEGER NOT NULL,
@@ -75,9 +78,20 @@ class Store:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
         db.executescript(_SCHEMA)
+        self._migrate(db)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         self._db = db
         return self
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Schema 1 -> 2: variables on distros and profiles."""
+        for table in ("distros", "profiles"):
+            cols = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if "variables" not in cols:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN variables TEXT NOT NULL "
+                           "DEFAULT '{}'")
+        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         with self._lock:
@@ -107,28 +121,78 @@ class Store:
             return self._db.execute(sql, args).fetchall()
 
     # -- distros and profiles -------------------------------------------
+    _DISTRO_COLS = "name, kernel, initrd, arch, breed, variables"
+    _PROFILE_COLS = "name, distro, template, cmdline, variables"
+
+    @staticmethod
+    def _distro(row) -> Distro:
+        return Distro(*row[:5], variables=json.loads(row[5] or "{}"))
+
     def add_distro(self, d: Distro) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO distros VALUES (?,?,?,?,?)",
-                       (d.name, d.kernel, d.initrd, d.arch, d.breed))
+            db.execute(f"INSERT INTO distros ({self._DISTRO_COLS}) VALUES (?,?,?,?,?,?) "
+                       "ON CONFLICT(name) DO UPDATE SET kernel=excluded.kernel, "
+                       "initrd=excluded.initrd, arch=excluded.arch, breed=excluded.breed, "
+                       "variables=excluded.variables",
+                       (d.name, d.kernel, d.initrd, d.arch, d.breed, json.dumps(d.variables)))
 
     def distro(self, name: str) -> Distro | None:
-        rows = self._query("SELECT * FROM distros WHERE name=?", (name,))
-        return Distro(*rows[0]) if rows else None
+        rows = self._query(f"SELECT {self._DISTRO_COLS} FROM distros WHERE name=?", (name,))
+        return self._distro(rows[0]) if rows else None
 
     def distros(self) -> list[Distro]:
-        return [Distro(*r) for r in self._query("SELECT * FROM distros ORDER BY name")]
+        return [self._distro(r) for r in
+                self._query(f"SELECT {self._DISTRO_COLS} FROM distros ORDER BY name")]
 
     def add_profile(self, p: Profile) -> None:
         if self.distro(p.distro) is None:
             raise StoreError(f"profile {p.name}: no distro named {p.distro!r}")
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO profiles VALUES (?,?,?,?)",
-                       (p.name, p.distro, p.template, p.cmdline))
+            db.execute(f"INSERT INTO profiles ({self._PROFILE_COLS}) VALUES (?,?,?,?,?) "
+                       "ON CONFLICT(name) DO UPDATE SET distro=excluded.distro, "
+                       "template=excluded.template, cmdline=excluded.cmdline, "
+                       "variables=excluded.variables",
+                       (p.name, p.distro, p.template, p.cmdline, json.dumps(p.variables)))
 
     def profile(self, name: str) -> Profile | None:
-        rows = self._query("SELECT * FROM profiles WHERE name=?", (name,))
-        return Profile(*rows[0]) if rows else None
+        rows = self._query(f"SELECT {self._PROFILE_COLS} FROM profiles WHERE name=?", (name,))
+        return Profile(*rows[0][:4], variables=json.loads(rows[0][4] or "{}")) if rows else None
+
+    def profiles(self) -> list[Profile]:
+        return [Profile(*r[:4], variables=json.loads(r[4] or "{}")) for r in
+                self._query(f"SELECT {self._PROFILE_COLS} FROM profiles ORDER BY name")]
+
+    # -- templates (every save is a version) -------------------------------------
+    def save_template(self, name: str, body: str, note: str = "",
+                      now: float | None = None) -> int:
+        """Store ``body`` as the next version of ``name``; returns that version."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute("SELECT MAX(version) FROM templates WHERE name=?",
+                             (name,)).fetchone()
+            version = (row[0] or 0) + 1
+            db.execute("INSERT INTO templates VALUES (?,?,?,?,?)",
+                       (name, version, body, now, note))
+        return version
+
+    def template(self, name: str, version: int | None = None) -> TemplateVersion | None:
+        """The given version of ``name``, or its latest when ``version`` is None."""
+        if version is None:
+            rows = self._query("SELECT name, version, body, ts, note FROM templates "
+                               "WHERE name=? ORDER BY version DESC LIMIT 1", (name,))
+        else:
+            rows = self._query("SELECT name, version, body, ts, note FROM templates "
+                               "WHERE name=? AND version=?", (name, version))
+        return TemplateVersion(*rows[0]) if rows else None
+
+    def template_history(self, name: str) -> list[TemplateVersion]:
+        """Every stored version, oldest first, without bodies."""
+        return [TemplateVersion(n, v, "", ts, note) for n, v, ts, note in self._query(
+            "SELECT name, version, ts, note FROM templates WHERE name=? ORDER BY version",
+            (name,))]
+
+    def template_names(self) -> list[str]:
+        return [r[0] for r in self._query("SELECT DISTINCT name FROM templates ORDER BY name")]
 
     # -- hosts ---------------------------------------------------------------
     @staticmethod

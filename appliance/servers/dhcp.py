@@ -83,9 +83,13 @@ def _net_options(ctx: DhcpContext, lease_time: int | None) -> list:
     return opts
 
 
-def _boot_options(req: c.DhcpRequest, machine: Machine, spec: BootSpec,
-                  ctx: DhcpContext) -> tuple[str, list]:
-    """(filename, options) that send this machine to the next boot stage."""
+def boot_options(machine: Machine, spec: BootSpec, config: Config,
+                 uuid: bytes | None = None) -> tuple[str, list]:
+    """(filename, options) that send ``machine`` to its next boot stage.
+
+    Pure: this is also what ``plowshare explain`` prints.  ``uuid`` is the
+    client's option 97, echoed as the PXE spec asks.
+    """
     filename = spec.script_url if machine.ipxe else spec.loader or ""
     opts: list = []
     if machine.ipxe:
@@ -96,10 +100,10 @@ def _boot_options(req: c.DhcpRequest, machine: Machine, spec: BootSpec,
         opts.append(("vendor_class_id", b"PXEClient"))
         opts.append(("vendor_specific", bytes([c.PXE_DISCOVERY_CONTROL, 1,
                                                c.PXE_DISCOVERY_USE_BOOTFILE, c.OPT_END])))
-    if req.uuid is not None:
-        opts.append(("pxe_client_machine_identifier", req.uuid))
+    if uuid is not None:
+        opts.append(("pxe_client_machine_identifier", uuid))
     if not machine.http_client and not machine.ipxe:
-        opts.append(("tftp_server_name", ctx.config.address.encode()))
+        opts.append(("tftp_server_name", config.address.encode()))
     opts.append(("boot-file-name", filename.encode()))
     return filename, opts
 
@@ -113,7 +117,7 @@ def _with_boot(reply: c.DhcpReply, req: c.DhcpRequest, ctx: DhcpContext) -> c.Dh
         log.info("%s no boot answer (arch %s, vendor %r, user class %r)", req.mac,
                  describe(req.arch), req.vendor_class, req.user_class)
         return reply
-    filename, opts = _boot_options(req, machine, spec, ctx)
+    filename, opts = boot_options(machine, spec, ctx.config, req.uuid)
     reply.filename, reply.siaddr = filename, ctx.config.address
     reply.options += opts
     stage = "ipxe-script" if machine.ipxe else "loader"

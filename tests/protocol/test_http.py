@@ -15,8 +15,10 @@ from appliance.events import EventLog
 from appliance.kickstart import Renderer
 from appliance.model import Distro, Host, Profile
 from appliance.policy import BootPolicy
+from appliance.sandbox import InlineSandbox
 from appliance.servers.http import HttpServer
 from appliance.store import Store
+from appliance.templates import TemplateLibrary
 from appliance.web import Services, create_app
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
@@ -44,7 +46,7 @@ def server(tmp_path):
     store.add_profile(Profile("deb12", "deb12", "test.ks",
                               "console=ttyS0 ks={{ ks_url }} done={{ done_url }}"))
     host = store.add_host(Host(MAC, "deb12", ip="127.0.0.1"), token_ttl=3600)
-    renderer = Renderer(ks_dir)
+    renderer = Renderer(InlineSandbox(), TemplateLibrary(store, ks_dir))
     app = create_app(Services(config, store, BootPolicy(store, config, renderer),
                               EventLog(store), BootScripts(config.templates_dir), renderer))
 

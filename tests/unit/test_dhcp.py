@@ -20,9 +20,11 @@ from appliance.kickstart import Renderer
 from appliance.leases import Allocator
 from appliance.model import Distro, Host, Profile
 from appliance.policy import BootPolicy
+from appliance.sandbox import InlineSandbox
 from appliance.servers import dhcp_codec as c
 from appliance.servers.dhcp import DhcpContext, make_reply
 from appliance.store import Store
+from appliance.templates import TemplateLibrary
 
 SERVER = "10.99.0.1"
 MAC = "52:54:00:12:34:56"
@@ -70,7 +72,7 @@ def ctx(tmp_path):
     store.add_distro(Distro("d", str(kernel), str(kernel)))
     store.add_profile(Profile("p", "d", None, "ks={{ ks_url }}"))
     store.add_host(Host(MAC, "p", name="node1"), 3600)
-    renderer = Renderer(tmp_path)
+    renderer = Renderer(InlineSandbox(), TemplateLibrary(store, tmp_path))
     yield DhcpContext(cfg, BootPolicy(store, cfg, renderer),
                       Allocator(store, cfg.dhcp, SERVER), EventLog(store), "prov0")
     store.close()

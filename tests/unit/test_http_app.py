@@ -15,7 +15,9 @@ from appliance.events import EventLog
 from appliance.kickstart import Renderer
 from appliance.model import Distro, Firmware, Host, Lease, Profile
 from appliance.policy import BootPolicy
+from appliance.sandbox import InlineSandbox
 from appliance.store import Store
+from appliance.templates import TemplateLibrary
 from appliance.web import Services, create_app
 from appliance.web.boot import firmware_from_args
 
@@ -49,7 +51,7 @@ def env(tmp_path):
     store.add_distro(Distro("deb12", str(tmp_path / "vmlinuz"), str(tmp_path / "initrd.gz")))
     store.add_profile(Profile("deb12", "deb12", "test.ks", CMDLINE))
     host = store.add_host(Host(MAC, "deb12", ip=HOST_IP), token_ttl=3600)
-    renderer = Renderer(ks_dir)
+    renderer = Renderer(InlineSandbox(), TemplateLibrary(store, ks_dir))
     services = Services(config=config, store=store,
                         policy=BootPolicy(store, config, renderer),
                         events=EventLog(store), scripts=BootScripts(config.templates_dir),

@@ -10,7 +10,9 @@ from appliance.config import load_config
 from appliance.kickstart import Renderer
 from appliance.model import Distro, Firmware, Host, Machine, Profile
 from appliance.policy import BootPolicy
+from appliance.sandbox import InlineSandbox
 from appliance.store import Store
+from appliance.templates import TemplateLibrary
 
 MAC = "52:54:00:00:00:01"
 
@@ -26,7 +28,7 @@ def policy(tmp_path):
                               "console=ttyS0 ks={{ ks_url }}   done={{ done_url }} "
                               "hostname={{ host.name }}"))
     store.add_host(Host(MAC, "p", name="n1"), 3600)
-    yield BootPolicy(store, cfg, Renderer(tmp_path))
+    yield BootPolicy(store, cfg, Renderer(InlineSandbox(), TemplateLibrary(store, tmp_path)))
     store.close()
 
 
