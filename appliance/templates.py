@@ -132,7 +132,10 @@ class TemplateEditor:
         try:
             rendered = self.renderer.render(target, context, overlay=overlay)
         except TemplateError as exc:
-            return [Problem(exc.lineno, None, where + str(exc))]
+            # the error may sit in another template (an included snippet): name it then
+            own = exc.template in (None, target, "<template>")
+            line = exc.lineno if own else None
+            return [Problem(line, None, where + (exc.message if own else str(exc)))]
         return [Problem(p.line, p.column, where + p.message)
                 for p in self.validate(self.kind_of(target), rendered)
                 if p.severity == "error"]
