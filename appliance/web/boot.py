@@ -30,6 +30,7 @@ from werkzeug.security import safe_join
 from ..bootscripts import BootScriptError
 from ..kickstart import TemplateError
 from ..model import BootSpec, Firmware, Machine, norm_mac
+from ..validate import kind_of, validate
 from .services import services
 
 log = logging.getLogger("plowshare.http")
@@ -157,6 +158,14 @@ def kickstart(token: str):
                   host.mac, profile.template, exc)
         _record(host.mac, "kickstart-error", f"{profile.template}: {exc}")
         return _text("500 kickstart template error\n", 500)
+    errors = [p for p in validate(kind_of(profile.template), body) if p.severity == "error"]
+    if errors:  # an installer fed a broken file stops at a prompt on a remote console
+        first = errors[0]
+        log.error("%s kickstart: %s rendered invalid: line %s: %s (%d problem(s))",
+                  host.mac, profile.template, first.line, first.message, len(errors))
+        _record(host.mac, "kickstart-invalid",
+                f"{profile.template}: line {first.line}: {first.message}")
+        return _text("500 kickstart does not validate\n", 500)
     _record(host.mac, "kickstart", profile.template)
     return _text(body)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -136,6 +137,21 @@ def test_profile_without_template_404_broken_template_500(env):
     r = env.client.get(f"/ks/{env.token}")
     assert r.status_code == 500 and b"no_such_name" not in r.data
     assert kinds(env)[-1][0] == "kickstart-error"
+
+
+def test_kickstart_that_renders_invalid_for_this_host_is_not_served(env):
+    """Validated before it is served: a host variable breaks the kickstart."""
+    ks_dir = Path(env.store.path).parent / "kickstarts"  # the fixture's kickstarts_dir
+    (ks_dir / "vars.ks").write_text("text\n{{ extra | default('') }}\n")
+    env.store.add_profile(Profile("deb12", "deb12", "vars.ks", CMDLINE))
+    assert env.client.get(f"/ks/{env.token}").status_code == 200
+    env.store.add_host(Host(MAC, "deb12", ip=HOST_IP, variables={"extra": "bogus --flag"}),
+                       token_ttl=3600)
+    token = env.store.host(MAC).token
+    r = env.client.get(f"/ks/{token}")
+    assert r.status_code == 500 and b"bogus" not in r.data
+    kind, detail = kinds(env)[-1]
+    assert kind == "kickstart-invalid" and "line 2" in detail
 
 
 def test_done_is_single_use_and_turns_netboot_off(env):
