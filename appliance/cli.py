@@ -41,6 +41,25 @@ def _add_var_flag(parser) -> None:
                         help="template variable (repeatable; JSON values allowed)")
 
 
+def _host_parser(sub) -> None:
+    h = sub.add_parser("host", help="machines, by MAC").add_subparsers(
+        dest="action", required=True)
+    ha = h.add_parser("add")
+    ha.add_argument("mac")
+    ha.add_argument("--profile", required=True)
+    ha.add_argument("--name")
+    ha.add_argument("--ip")
+    ha.add_argument("--no-netboot", action="store_true")
+    _add_var_flag(ha)
+    h.add_parser("list")
+    hs = h.add_parser("show")
+    hs.add_argument("mac")
+    hs.add_argument("--json", action="store_true")
+    hn = h.add_parser("netboot")
+    hn.add_argument("mac")
+    hn.add_argument("onoff", choices=["on", "off"], metavar="on|off")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plowshare", description=__doc__.splitlines()[0])
     p.add_argument("--state", help=f"state directory (default {DEFAULT_STATE})")
@@ -82,23 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--cmdline", default="")
     _add_var_flag(pa)
 
-    h = sub.add_parser("host", help="machines, by MAC").add_subparsers(
-        dest="action", required=True)
-    ha = h.add_parser("add")
-    ha.add_argument("mac")
-    ha.add_argument("--profile", required=True)
-    ha.add_argument("--name")
-    ha.add_argument("--ip")
-    ha.add_argument("--no-netboot", action="store_true")
-    _add_var_flag(ha)
-    h.add_parser("list")
-    hs = h.add_parser("show")
-    hs.add_argument("mac")
-    hs.add_argument("--json", action="store_true")
-    hn = h.add_parser("netboot")
-    hn.add_argument("mac")
-    hn.add_argument("onoff", choices=["on", "off"], metavar="on|off")
-
+    _host_parser(sub)
     from .cli_templates import add_parsers
     add_parsers(sub)
 
