@@ -63,7 +63,11 @@ class Appliance:
             root=cfg.netboot_dir, generate=BootFiles(self.policy, self.scripts, cfg.base_url),
             on_event=self._tftp_event, bind=(cfg.tftp_bind, cfg.tftp_port),
             interface=None)
-        if cfg.dhcp.enabled:
+        if cfg.dhcp.enabled and cfg.dhcp.mode == "proxy":
+            from .servers.proxydhcp import ProxyContext, ProxyDhcpServer
+            servers["dhcp"] = ProxyDhcpServer(
+                ProxyContext(cfg, self.policy, self.events, cfg.interface))
+        elif cfg.dhcp.enabled:
             ctx = DhcpContext(cfg, self.policy, self.allocator, self.events, cfg.interface)
             servers["dhcp"] = DhcpServer(ctx)
         if cfg.router_advertisements and cfg.interface:

@@ -19,6 +19,9 @@ Example file::
     dns = ["10.0.0.1"]
     lease_time = 3600
     unknown = "ignore"          # or "boot" with default_profile
+    mode = "server"             # or "proxy": the site's DHCP server keeps the
+                                # addresses, Plowshare only answers PXE/iPXE
+                                # clients with boot information (67 and 4011)
     arch_overrides = { 9 = "efi-x64" }
 
     [variables]                 # global template variables (lowest layer)
@@ -37,6 +40,7 @@ from pathlib import Path
 from .model import Firmware
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DHCP_MODES = ("server", "proxy")
 
 
 class ConfigError(ValueError):
@@ -59,6 +63,8 @@ class DhcpConfig:
     arch_overrides: dict = field(default_factory=dict, hash=False)
     server_port: int = 67
     client_port: int = 68
+    mode: str = "server"  # "server" (hands out addresses) | "proxy" (boot info only)
+    pxe_port: int = 4011  # proxy mode: PXE boot server / ProxyDHCP REQUEST port
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,8 @@ def _dhcp_from(raw: dict) -> DhcpConfig:
         kwargs["arch_overrides"] = _firmware_overrides(kwargs["arch_overrides"])
     if kwargs.get("unknown", "ignore") not in ("ignore", "boot"):
         raise ConfigError("dhcp.unknown: use 'ignore' or 'boot'")
+    if kwargs.get("mode", "server") not in DHCP_MODES:
+        raise ConfigError(f"dhcp.mode: use one of {list(DHCP_MODES)}")
     return _build(DhcpConfig, kwargs, "dhcp")
 
 

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from .lab import NetLab
@@ -48,13 +49,19 @@ class PlowshareProcess:
     def events(self, mac: str) -> list[dict]:
         return json.loads(self.cli("events", mac, "--json"))
 
-    def start(self) -> PlowshareProcess:
+    def start(self, config_path: Path | str | None = None,
+              extra_args: Sequence[str] = ()) -> PlowshareProcess:
+        """Start ``plowshare serve``; ``config_path`` becomes ``--config`` (the
+        flags given here still override it), ``extra_args`` go after them."""
         lab = self.lab
         net = lab.network
         pool = f"{net[POOL_FIRST]}-{net[POOL_LAST]}"
         cmd = [sys.executable, "-m", "appliance", "--state", str(self.state), "serve",
                "--interface", lab.server_iface, "--address", lab.server_addr,
                "--pool", pool, "--netboot", str(NETBOOT_TREE), "--verbose"]
+        if config_path is not None:
+            cmd += ["--config", str(config_path)]
+        cmd += list(extra_args)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(self.log_path, "ab") as log:
             self.proc = lab.popen_in_server(cmd, stdout=log, stderr=subprocess.STDOUT,

@@ -60,7 +60,8 @@ POLL_INTERVAL = 0.1
 #: prctl(2) option: signal to get when the parent thread dies.
 _PR_SET_PDEATHSIG = 1
 
-_NS_NAME = re.compile(rf"^{NS_PREFIX}(?:{SERVER_NS_TAG}|{WIRE_NS_TAG})-(\d+)x[0-9a-f]+$")
+# any tag: server, wire and peer namespaces (add_peer_namespace) alike
+_NS_NAME = re.compile(rf"^{NS_PREFIX}[a-z]+-(\d+)x[0-9a-f]+$")
 
 
 class LabError(RuntimeError):
@@ -159,6 +160,7 @@ class NetLab:
         self.server_ns = f"{NS_PREFIX}{SERVER_NS_TAG}-{self.lab_id}"
         self.wire_ns = f"{NS_PREFIX}{WIRE_NS_TAG}-{self.lab_id}"
         self.taps: list[str] = []
+        self.peer_namespaces: list[str] = []
         self._procs: list[subprocess.Popen] = []
         self._started = False
 
@@ -299,8 +301,9 @@ class NetLab:
                 proc.kill()
                 proc.wait()
         self._procs.clear()
-        for ns in (self.wire_ns, self.server_ns):
+        for ns in (*self.peer_namespaces, self.wire_ns, self.server_ns):
             delete_namespace(ns)
+        self.peer_namespaces.clear()
         self.taps.clear()
         self._started = False
 
@@ -350,3 +353,47 @@ class NetLab:
         proc = subprocess.Popen(self._ns_cmd(ns, cmd), **kwargs)
         self._procs.append(proc)
         return proc
+
+    # -- a third namespace on the same wire ------------------------------------
+    def add_peer_namespace(self, tag: str = "site", host: int = 2) -> str:
+        """A namespace ``ps-<tag>-<id>`` with ``<tag>0`` at ``host_addr(host)``, on ``br0``.
+
+        For a second server on the provisioning wire (e.g. the site's own DHCP
+        server in proxyDHCP tests). Returns the namespace name; run things in
+        it with :meth:`run_in_namespace` / :meth:`popen_in_namespace`.
+        :meth:`stop` deletes it with the others (and a later lab's start
+        removes it if its owner died); :meth:`remove_peer_namespaces` does so
+        earlier. IPv6 is off inside it.
+        """
+        if not self._started:
+            raise LabError("lab not started")
+        ns, iface, uplink = f"{NS_PREFIX}{tag}-{self.lab_id}", f"{tag}0", f"{tag}up"
+        _run(["ip", "netns", "add", ns])
+        self.peer_namespaces.append(ns)
+        for key in ("all", "default"):
+            self._sysctl(ns, f"net.ipv6.conf.{key}.disable_ipv6", "1")
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(["ip", "-n", ns, "link", "add", iface, "type", "veth",
+              "peer", "name", uplink, "netns", self.wire_ns])
+        _run(["ip", "-n", ns, "addr", "add", f"{self.host_addr(host)}/{PREFIX_LEN}",
+              "dev", iface])
+        _run(["ip", "-n", self.wire_ns, "link", "set", uplink, "master", BRIDGE])
+        _run(["ip", "-n", self.wire_ns, "link", "set", uplink, "up"])
+        _run(["ip", "-n", ns, "link", "set", iface, "up"])
+        return ns
+
+    def run_in_namespace(self, ns: str, cmd: Sequence[str], *, check: bool = True,
+                         timeout: float = COMMAND_TIMEOUT,
+                         **kwargs) -> subprocess.CompletedProcess:
+        """Like :meth:`run_in_server`, in namespace ``ns`` (e.g. a peer namespace)."""
+        return _run(self._ns_cmd(ns, cmd), check=check, timeout=timeout, **kwargs)
+
+    def popen_in_namespace(self, ns: str, cmd: Sequence[str], **kwargs) -> subprocess.Popen:
+        """Like :meth:`popen_in_server`, in namespace ``ns``; :meth:`stop` stops it."""
+        return self._popen(ns, cmd, **kwargs)
+
+    def remove_peer_namespaces(self) -> None:
+        """Kill what runs in the peer namespaces and delete them. Idempotent."""
+        for ns in self.peer_namespaces:
+            delete_namespace(ns)
+        self.peer_namespaces.clear()
