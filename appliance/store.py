@@ -3,9 +3,13 @@
 Contract:
 
 * Every write method commits before it returns, with ``synchronous=FULL``,
-  so what it wrote survives ``kill -9`` and power loss.  The DHCP server
-  relies on this: a lease is acknowledged only after :meth:`Store.bind_lease`
-  returned.
+  so what it wrote survives ``kill -9`` and power loss.
+* :meth:`Store.commit_batch` is the group-commit path (used by
+  :class:`appliance.groupcommit.GroupCommitter`): many lease writes and
+  events in one transaction, one fsync, on a connection of its own so that
+  readers on the shared connection are never blocked by the fsync.  The
+  DHCP server acknowledges a lease only after the batch holding it returned
+  from this method.
 * One connection, guarded by a lock, shared by every thread of the process;
   other processes (the CLI while the server runs) open their own and WAL
   lets them read while the server writes.  ``busy_timeout`` absorbs short
@@ -66,17 +70,23 @@ class Store:
         self.path = Path(path) if str(path) != ":memory:" else path
         self._db: sqlite3.Connection | None = None
         self._lock = threading.RLock()
+        self._wdb: sqlite3.Connection | None = None  # group-commit connection
+        self._wlock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------
-    def open(self) -> Store:
-        if isinstance(self.path, Path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False,
                              isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
+        return db
+
+    def open(self) -> Store:
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
         db.executescript(_SCHEMA)
         self._migrate(db)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -94,6 +104,10 @@ class Store:
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
+        with self._wlock:
+            if self._wdb is not None:
+                self._wdb.close()
+                self._wdb = None
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -304,6 +318,24 @@ class Store:
             out[ip] = mac
         return out
 
+    @staticmethod
+    def _write_lease(db: sqlite3.Connection, lease: Lease,
+                     check_free_at: float | None) -> bool:
+        if check_free_at is not None:
+            row = db.execute("SELECT mac FROM leases WHERE ip=? AND expires>? AND "
+                             "state IN ('offered','bound','declined')",
+                             (lease.ip, check_free_at)).fetchone()
+            if row is not None and row[0] != lease.mac:
+                return False
+            row = db.execute("SELECT mac FROM hosts WHERE ip=?", (lease.ip,)).fetchone()
+            if row is not None and row[0] != lease.mac:
+                return False
+        if lease.state != "declined":
+            db.execute("DELETE FROM leases WHERE mac=? AND ip<>?", (lease.mac, lease.ip))
+        db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
+                   (lease.ip, lease.mac, lease.expires, lease.state, lease.hostname))
+        return True
+
     def put_lease(self, lease: Lease, check_free_at: float | None = None) -> bool:
         """Write ``lease`` (one row per IP), durably.
 
@@ -313,20 +345,40 @@ class Store:
         A MAC keeps one lease: its rows on other IPs are dropped.
         """
         with self._tx() as db:
-            if check_free_at is not None:
-                row = db.execute("SELECT mac FROM leases WHERE ip=? AND expires>? AND "
-                                 "state IN ('offered','bound','declined')",
-                                 (lease.ip, check_free_at)).fetchone()
-                if row is not None and row[0] != lease.mac:
-                    return False
-                row = db.execute("SELECT mac FROM hosts WHERE ip=?", (lease.ip,)).fetchone()
-                if row is not None and row[0] != lease.mac:
-                    return False
-            if lease.state != "declined":
-                db.execute("DELETE FROM leases WHERE mac=? AND ip<>?", (lease.mac, lease.ip))
-            db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
-                       (lease.ip, lease.mac, lease.expires, lease.state, lease.hostname))
-        return True
+            return self._write_lease(db, lease, check_free_at)
+
+    def reserved_ips(self) -> dict[str, str]:
+        """ip -> mac of every host reservation."""
+        return dict(self._query("SELECT ip, mac FROM hosts WHERE ip IS NOT NULL"))
+
+    def commit_batch(self, leases: list[tuple[Lease, float | None]],
+                     events: list[Event]) -> list[bool]:
+        """Write many leases (each checked as in :meth:`put_lease`, in order)
+        and events in ONE transaction: one fsync for the whole batch.
+
+        Returns one flag per lease (False: refused by its check).  When this
+        returns, every write of the batch is durable; when it raises, none is.
+        Runs on a connection of its own (except for ``:memory:`` stores).
+        """
+        if self.path == ":memory:":
+            lock, db = self._lock, self._db
+        else:
+            lock = self._wlock
+        with lock:
+            if self.path != ":memory:":
+                if self._wdb is None:
+                    self._wdb = self._connect()
+                db = self._wdb
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                done = [self._write_lease(db, lease, check) for lease, check in leases]
+                db.executemany("INSERT INTO events (ts, mac, kind, detail) VALUES (?,?,?,?)",
+                               [(e.ts, e.mac, e.kind, e.detail) for e in events])
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return done
 
     # -- events -------------------------------------------------------------
     def add_event(self, ev: Event) -> None:

@@ -11,7 +11,13 @@ around it.  Contract of the loop:
   broadcast when the client set the flag (or for a NAK), else unicast to
   yiaddr at the client's hardware address -- sent as a raw Ethernet frame on
   the same interface, because the client cannot answer ARP yet;
-* an ACK leaves only after :meth:`Allocator.bind` committed the lease;
+* **an ACK leaves only after the group commit holding its lease returned**:
+  :func:`make_reply` puts the lease's :class:`~appliance.groupcommit.Ticket`
+  on the reply (``reply.durable``) and the loop sends such a reply only from
+  ``ticket.then`` -- never directly;
+* packets are handled in batches (whatever is queued on the socket, up to
+  :data:`BATCH`); lease writes and events are queued on one :class:`~appliance.groupcommit.GroupCommitter` whose writer
+  thread commits them with one fsync per batch while the loop goes on;
 * no packet, however malformed, stops the loop.
 """
 
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import select
 import socket
 import threading
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 from ..arch import classify, describe
 from ..config import Config
 from ..events import EventLog
+from ..groupcommit import GroupCommitter
 from ..leases import Allocator
 from ..model import BootSpec, Machine
 from ..policy import BootPolicy
@@ -36,6 +44,7 @@ log = logging.getLogger("plowshare.dhcp")
 
 RECV_BUFFER = 4096
 POLL_SECONDS = 0.5
+BATCH = 64  # packets taken off the socket per allocation batch
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
@@ -67,9 +76,22 @@ def is_boot_client(req: c.DhcpRequest) -> bool:
             or req.user_class == "iPXE" or req.ipxe_options)
 
 
+def _network(ctx: DhcpContext) -> ipaddress.IPv4Network:
+    """The served subnet, derived from the config (memoised per config object)."""
+    cached = getattr(ctx, "_net_cache", None)
+    if cached is None or cached[0] is not ctx.config:
+        cfg = ctx.config
+        net = ipaddress.IPv4Network(f"{cfg.address}/{cfg.dhcp.prefix}", strict=False)
+        cached = ctx._net_cache = (cfg, net, {})
+    return cached[1]
+
+
 def _net_options(ctx: DhcpContext, lease_time: int | None) -> list:
-    d, cfg = ctx.config.dhcp, ctx.config
-    net = ipaddress.IPv4Network(f"{cfg.address}/{d.prefix}", strict=False)
+    net = _network(ctx)
+    memo = ctx._net_cache[2]
+    if lease_time in memo:
+        return list(memo[lease_time])
+    d = ctx.config.dhcp
     opts = [("subnet_mask", str(net.netmask)), ("broadcast_address", str(net.broadcast_address))]
     if lease_time is not None:
         opts += [("lease_time", lease_time), ("renewal_time", lease_time // 2),
@@ -80,6 +102,7 @@ def _net_options(ctx: DhcpContext, lease_time: int | None) -> list:
         opts.append(("name_server", *d.dns))
     if d.domain:
         opts.append(("domain", d.domain.encode()))
+    memo[lease_time] = tuple(opts)
     return opts
 
 
@@ -126,19 +149,23 @@ def _with_boot(reply: c.DhcpReply, req: c.DhcpRequest, ctx: DhcpContext) -> c.Dh
     return reply
 
 
-def _hostname_opt(mac: str, ctx: DhcpContext) -> list:
-    host = ctx.policy.store.host(mac)
+def _hostname_opt(host) -> list:
     return [("hostname", host.name.encode())] if host and host.name else []
 
 
 def _offer(req, ctx) -> c.DhcpReply | None:
-    ip = ctx.allocator.offer(req.mac, req.requested_ip, req.hostname)
+    host = ctx.policy.store.host(req.mac)  # one lookup per request, shared below
+    ip = ctx.allocator.offer(req.mac, req.requested_ip, req.hostname, host=host)
     if ip is None:
         return None
     reply = c.DhcpReply(c.OFFER, req, yiaddr=ip,
                         options=_net_options(ctx, ctx.config.dhcp.lease_time)
-                        + _hostname_opt(req.mac, ctx))
+                        + _hostname_opt(host))
     return _with_boot(reply, req, ctx)
+
+
+def nak(req: c.DhcpRequest) -> c.DhcpReply:
+    return c.DhcpReply(c.NAK, req, options=[("error_message", b"address not available")])
 
 
 def _request(req, ctx) -> c.DhcpReply | None:
@@ -149,24 +176,27 @@ def _request(req, ctx) -> c.DhcpReply | None:
     ip = req.requested_ip or (req.ciaddr if req.ciaddr != "0.0.0.0" else None)
     if ip is None:
         return None
-    lease = ctx.allocator.bind(req.mac, ip, req.hostname)  # durable before the ACK
-    if lease is None:
-        return c.DhcpReply(c.NAK, req, options=[("error_message", b"address not available")])
+    host = ctx.policy.store.host(req.mac)
+    bound = ctx.allocator.bind_async(req.mac, ip, req.hostname, host=host)
+    if bound is None:
+        return nak(req)
     reply = c.DhcpReply(c.ACK, req, yiaddr=ip,
                         options=_net_options(ctx, ctx.config.dhcp.lease_time)
-                        + _hostname_opt(req.mac, ctx))
+                        + _hostname_opt(host), durable=bound[1])
     return _with_boot(reply, req, ctx)
 
 
 def make_reply(req: c.DhcpRequest, ctx: DhcpContext) -> c.DhcpReply | None:
-    """The reply to ``req``, or ``None`` to stay silent.  Side effects: leases."""
+    """The reply to ``req``, or ``None`` to stay silent.  Side effects: leases.
+
+    An ACK comes back with ``reply.durable``, the ticket of its lease write:
+    the caller must not send it before that ticket is done (with a
+    group-committing allocator it is not done yet when this returns).
+    """
     kind = req.msg_type
-    if req.giaddr != "0.0.0.0":
-        net = ipaddress.IPv4Network(f"{ctx.config.address}/{ctx.config.dhcp.prefix}",
-                                    strict=False)
-        if ipaddress.IPv4Address(req.giaddr) not in net:
-            log.info("%s relayed via %s outside our subnet, ignored", req.mac, req.giaddr)
-            return None
+    if req.giaddr != "0.0.0.0" and ipaddress.IPv4Address(req.giaddr) not in _network(ctx):
+        log.info("%s relayed via %s outside our subnet, ignored", req.mac, req.giaddr)
+        return None
     if kind == c.DISCOVER:
         return _offer(req, ctx)
     if kind == c.REQUEST:
@@ -183,15 +213,29 @@ def make_reply(req: c.DhcpRequest, ctx: DhcpContext) -> c.DhcpReply | None:
 
 
 class DhcpServer:
-    """Socket loop around :func:`make_reply` on one interface."""
+    """Socket loop around :func:`make_reply` on one interface.
 
-    def __init__(self, ctx: DhcpContext, bind: str = "0.0.0.0"):
+    ``writer``: the group committer to use (default: one of its own, started
+    and stopped with the server, attached to ``ctx.allocator`` meanwhile).
+    """
+
+    def __init__(self, ctx: DhcpContext, bind: str = "0.0.0.0",
+                 writer: GroupCommitter | None = None):
         self.ctx = ctx
         self.bind = bind
+        self.writer = writer
+        self._own_writer = writer is None
+        self.events = ctx.events
         self._sock: socket.socket | None = None
         self._l2: L2Sender | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def attach_writer(self) -> None:
+        if self.writer is None:
+            self.writer = GroupCommitter(self.ctx.allocator.store).start()
+        self.ctx.allocator.writer = self.writer
+        self.events = self.ctx.events.via(self.writer)
 
     def start(self) -> None:
         d = self.ctx.config.dhcp
@@ -203,8 +247,9 @@ class DhcpServer:
             self._l2 = L2Sender(self.ctx.interface)
             self._l2.open()
         sock.bind((self.bind, d.server_port))
-        sock.settimeout(POLL_SECONDS)
+        sock.setblocking(False)  # _receive waits in select(), then drains
         self._sock = sock
+        self.attach_writer()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="dhcp", daemon=True)
         self._thread.start()
@@ -215,6 +260,11 @@ class DhcpServer:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        if self.writer is not None and self._own_writer:
+            self.writer.stop()  # commits what is queued and sends its ACKs
+            self.writer = None
+        self.ctx.allocator.writer = None
+        self.events = self.ctx.events
         for s in (self._sock, self._l2):
             if s is not None:
                 s.close()
@@ -223,16 +273,32 @@ class DhcpServer:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _receive(self) -> list[bytes]:
+        """Wait (up to POLL_SECONDS) for packets, then take what is queued (<= BATCH)."""
+        payloads: list[bytes] = []
+        if not select.select([self._sock], [], [], POLL_SECONDS)[0]:
+            return payloads
+        while len(payloads) < BATCH:
+            try:
+                payloads.append(self._sock.recvfrom(RECV_BUFFER)[0])
+            except (BlockingIOError, InterruptedError):
+                break
+        return payloads
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                payload, _src = self._sock.recvfrom(RECV_BUFFER)
-            except TimeoutError:
-                continue
+                payloads = self._receive()
+                if not payloads:
+                    continue
             except OSError:
                 if self._stop.is_set():
                     return
                 raise
+            self.handle_batch(payloads)
+
+    def handle_batch(self, payloads: list[bytes]) -> None:
+        for payload in payloads:
             try:
                 self.handle(payload)
             except Exception:
@@ -242,7 +308,7 @@ class DhcpServer:
         req = c.decode(payload)
         if req is None:
             return
-        ev = self.ctx.events
+        ev = self.events
         ev.record(req.mac, f"dhcp-{c.MSG_NAMES[req.msg_type]}",
                   f"arch {describe(req.arch)} vendor {req.vendor_class!r} "
                   f"user {req.user_class!r}", log)
@@ -251,7 +317,23 @@ class DhcpServer:
             return
         ev.record(req.mac, f"dhcp-{c.MSG_NAMES[reply.msg_type]}",
                   f"{reply.yiaddr} {reply.note}".strip(), log)
-        self.send(reply, c.encode(reply, self.ctx.config.address))
+        data = c.encode(reply, self.ctx.config.address)
+        if reply.durable is None:
+            self.send(reply, data)
+        else:  # the ACK waits for its lease's group commit
+            reply.durable.then(lambda ok: self._deliver(reply, data, ok))
+
+    def _deliver(self, reply: c.DhcpReply, data: bytes, committed: bool) -> None:
+        """Runs after the commit that holds ``reply``'s lease returned."""
+        if not committed:
+            log.warning("%s lease %s not committed: NAK instead of ACK", reply.request.mac,
+                        reply.yiaddr)
+            reply = nak(reply.request)
+            data = c.encode(reply, self.ctx.config.address)
+        try:
+            self.send(reply, data)
+        except OSError as exc:
+            log.warning("%s reply not sent: %s", reply.request.mac, exc)
 
     def send(self, reply: c.DhcpReply, payload: bytes) -> None:
         req, d = reply.request, self.ctx.config.dhcp

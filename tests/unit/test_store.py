@@ -95,7 +95,8 @@ def test_offer_hold_expires_and_address_is_reused(alloc):
     assert a.offer(MAC, None) == "10.0.0.10"
     assert a.offer(OTHER, None) == "10.0.0.11"
     clock.now += 11  # MAC never requested: its hold lapsed
-    assert a.offer("52:54:00:00:00:03", None) == "10.0.0.10"
+    assert a.offer("52:54:00:00:00:03", None) == "10.0.0.12"  # next fit
+    assert a.offer("52:54:00:00:00:04", None) == "10.0.0.10"  # wrapped: lapsed hold reused
 
 
 def test_bound_lease_is_kept_until_expiry(alloc):

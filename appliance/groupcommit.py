@@ -1,0 +1,234 @@
+"""Group commit: one writer thread, many lease writes and events per fsync.
+
+Contract (the DHCP server's durability rests on it):
+
+* :meth:`GroupCommitter.put_lease` decides *and* enqueues atomically (under
+  one lock) and returns a :class:`Ticket`.  The writer thread takes
+  everything queued, calls :meth:`Store.commit_batch` (one transaction, one
+  fsync), and only after that call returned marks the batch's tickets done
+  and runs their callbacks.  **A callback registered with
+  :meth:`Ticket.then` never runs before the commit of its lease's batch
+  returned** -- the DHCP server sends an ACK only from such a callback.
+* The next batch starts as soon as the previous commit finished: no timer,
+  no sleep.  Under load, whatever arrived during one fsync rides the next.
+* Until their batch is committed, queued leases are visible to the
+  allocator through :meth:`lease_for_ip`, :meth:`lease_for_mac` and
+  :meth:`busy_ips`, which lay the pending writes over the committed store
+  (same rules as :meth:`Store.put_lease`: one row per IP, one lease per MAC).
+  This is not shadow state: it holds only writes in flight and empties
+  itself as they commit.
+* Events ride the same batches; nothing waits for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from .model import Event, Lease
+from .store import Store
+
+log = logging.getLogger("plowshare.store")
+
+MAX_BATCH = 512  # writes per transaction; more simply wait for the next one
+BUSY_STATES = ("offered", "bound", "declined")
+
+
+class Ticket:
+    """The durability promise of one queued lease write."""
+
+    def __init__(self, done: bool = False, ok: bool = True):
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self._callbacks: list = []
+        self.ok = ok
+        if done:
+            self._event.set()
+
+    @property
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def then(self, callback) -> None:
+        """Run ``callback(ok)`` once the write is committed (now, if it is)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self.ok)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until committed; True when the write was committed and accepted."""
+        if not self._event.wait(timeout):
+            raise TimeoutError("lease write not committed in time")
+        return self.ok
+
+    def _resolve(self, ok: bool) -> None:
+        with self._lock:
+            self.ok = ok
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            try:
+                cb(ok)
+            except Exception:
+                log.exception("callback after a group commit failed")
+
+
+@dataclass
+class _Write:
+    seq: int
+    lease: Lease
+    check: float | None
+    ticket: Ticket
+    ip_keys: list[str] = field(default_factory=list)
+    mac_key: str | None = None
+
+
+def _busy(lease: Lease | None, now: float) -> bool:
+    return lease is not None and lease.state in BUSY_STATES and lease.expires > now
+
+
+class GroupCommitter:
+    def __init__(self, store: Store, max_batch: int = MAX_BATCH):
+        self.store = store
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._writes: list[_Write] = []
+        self._events: list[Event] = []
+        self._by_ip: dict[str, tuple[int, Lease | None]] = {}
+        self._by_mac: dict[str, tuple[int, str]] = {}
+        self._seq = 0
+        self._inflight = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.commits = 0
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> GroupCommitter:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10) -> None:
+        """Commit everything queued, then end the writer thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def flush(self, timeout: float = 10) -> None:
+        """Wait until everything queued so far is committed."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._writes and not self._events
+                                       and not self._inflight, timeout):
+                raise TimeoutError("group commit did not drain")
+
+    # -- producers -------------------------------------------------------------
+    def put_lease(self, lease: Lease, check_free_at: float | None = None) -> Ticket | None:
+        """Queue ``lease``; ``None`` when the check fails against the pending view."""
+        with self._cond:
+            if check_free_at is not None:
+                cur = self._lease_for_ip(lease.ip)
+                if _busy(cur, check_free_at) and cur.mac != lease.mac:
+                    return None
+                host = self.store.host_by_ip(lease.ip)
+                if host is not None and host.mac != lease.mac:
+                    return None
+            self._seq += 1
+            w = _Write(self._seq, lease, check_free_at, Ticket(), [lease.ip])
+            if lease.state != "declined":
+                old = self._lease_for_mac(lease.mac)
+                if old is not None and old.ip != lease.ip:
+                    self._by_ip[old.ip] = (w.seq, None)
+                    w.ip_keys.append(old.ip)
+                self._by_mac[lease.mac] = (w.seq, lease.ip)
+                w.mac_key = lease.mac
+            self._by_ip[lease.ip] = (w.seq, lease)
+            self._writes.append(w)
+            self._cond.notify_all()
+            return w.ticket
+
+    def add_event(self, ev: Event) -> None:
+        with self._cond:
+            self._events.append(ev)
+            self._cond.notify_all()
+
+    # -- the view: committed store + pending writes ---------------------------
+    def _lease_for_ip(self, ip: str) -> Lease | None:
+        if ip in self._by_ip:
+            return self._by_ip[ip][1]
+        row = self.store.lease_for_ip(ip)
+        if row is not None and row.mac in self._by_mac and self._by_mac[row.mac][1] != ip:
+            return None  # a pending write moved that MAC elsewhere
+        return row
+
+    def _lease_for_mac(self, mac: str) -> Lease | None:
+        if mac in self._by_mac:
+            lease = self._lease_for_ip(self._by_mac[mac][1])
+            return lease if lease is not None and lease.mac == mac else None
+        row = self.store.lease_for_mac(mac)
+        if row is not None and row.ip in self._by_ip:
+            lease = self._by_ip[row.ip][1]
+            return lease if lease is not None and lease.mac == mac else None
+        return row
+
+    def lease_for_ip(self, ip: str) -> Lease | None:
+        with self._cond:
+            return self._lease_for_ip(ip)
+
+    def lease_for_mac(self, mac: str) -> Lease | None:
+        with self._cond:
+            return self._lease_for_mac(mac)
+
+    def busy_ips(self, now: float) -> dict[str, str]:
+        """As :meth:`Store.busy_ips`, with the pending writes applied."""
+        with self._cond:
+            out = self.store.busy_ips(now)
+            for ip, (_seq, lease) in self._by_ip.items():
+                if _busy(lease, now):
+                    out[ip] = lease.mac
+                else:
+                    out.pop(ip, None)
+            out.update(self.store.reserved_ips())
+            return out
+
+    # -- the writer --------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._writes or self._events or self._stopping)
+                if not self._writes and not self._events:
+                    return  # stopping and drained
+                writes, self._writes = self._writes[:self.max_batch], \
+                    self._writes[self.max_batch:]
+                events, self._events = self._events, []
+                self._inflight = len(writes) + len(events)
+            self._commit(writes, events)
+
+    def _commit(self, writes: list[_Write], events: list[Event]) -> None:
+        try:
+            results = self.store.commit_batch([(w.lease, w.check) for w in writes], events)
+        except Exception:
+            log.exception("group commit of %d leases and %d events failed",
+                          len(writes), len(events))
+            results = [False] * len(writes)
+        self.commits += 1
+        with self._cond:
+            for w in writes:
+                for ip in w.ip_keys:
+                    if self._by_ip.get(ip, (None,))[0] == w.seq:
+                        del self._by_ip[ip]
+                if w.mac_key is not None and self._by_mac.get(w.mac_key, (None,))[0] == w.seq:
+                    del self._by_mac[w.mac_key]
+            self._inflight = 0
+            self._cond.notify_all()
+        for w, ok in zip(writes, results, strict=True):
+            if not ok:
+                log.warning("%s lease %s refused at commit (taken meanwhile)",
+                            w.lease.mac, w.lease.ip)
+            w.ticket._resolve(ok)
