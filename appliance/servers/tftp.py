@@ -1,9 +1,13 @@
-"""Read-only TFTP server for the netboot tree (RFC 1350, 2347, 2348, 2349).
+"""Read-only TFTP server for the netboot tree (RFC 1350, 2347, 2348, 2349, 7440).
 
-One thread runs a ``selectors`` loop over non-blocking UDP sockets: the
-listener plus one ephemeral-port socket per transfer (the server TID).
-Decisions live in :mod:`appliance.servers.tftp_engine` (pure, unit-tested);
-this module only moves datagrams, keeps timers and reaps sessions.
+One thread runs an ``epoll`` loop (``poll`` where there is no epoll) over
+non-blocking UDP sockets: the listener plus, per transfer, an ephemeral port
+(the server TID) with two sockets: one connected to the client for the
+transfer itself and an unconnected one that only sees foreign TIDs.  Decisions live in
+:mod:`appliance.servers.tftp_engine` (pure, unit-tested), data sources in
+:mod:`~appliance.servers.tftp_source`, the per-transfer window and
+retransmission in :mod:`~appliance.servers.tftp_session`; this module moves
+datagrams, keeps timers and reaps sessions.
 
 Contracts and quirks:
 
@@ -14,18 +18,27 @@ Contracts and quirks:
 - Refusals are sent from the listening socket (tftp-hpa, atftp and curl
   accept that); transfers run on their own socket.
 - A duplicate RRQ (same client address and file) while its transfer still
-  waits for the ACK of the OACK or of DATA 1 is dropped; any other RRQ from
-  that address replaces the old transfer.
+  waits for the ACK of the OACK or of the first window is dropped; any
+  other RRQ from that address replaces the old transfer.
 - ``generate`` and ``on_event`` run on the loop thread: keep them fast.
 - Retransmission: the negotiated ``timeout`` option or ``timeout`` seconds,
   doubled on each retry up to ``max_backoff``; after ``retries`` retries the
-  session is reaped.  ACKs for older blocks are ignored (Sorcerer's
-  Apprentice).  A datagram from a foreign TID gets ERROR 5 and the transfer
-  continues.  A client ERROR ends the transfer without a reply.
+  session is reaped.  A timeout resends the whole unACKed window.  ACKs for
+  blocks before the window are ignored (Sorcerer's Apprentice).  A datagram
+  from a foreign TID gets ERROR 5 and the transfer continues.  A client
+  ERROR ends the transfer without a reply.
 - ``on_event(kind, client, path)``: ``tftp-start`` when DATA 1 first goes out
   (so OVMF's tsize probe, aborted with ERROR 8 after the OACK, yields no
   event), ``tftp-done`` on the final ACK, ``tftp-error`` on refusal, client
   abort after data started, or give-up.  Exceptions from it are logged.
+
+Scale: per-packet work is O(1) in the number of sessions -- epoll reports
+only ready sockets, sessions are found by file descriptor in a dict, and
+each session has one live entry in the timer heap (its deadline moves in
+place; a popped entry whose deadline has moved later is pushed back once).  Each
+session holds two sockets and, for files above the in-memory cache limit,
+one file descriptor: ``start()`` raises ``RLIMIT_NOFILE`` to its hard limit
+when ``max_sessions`` needs more.
 """
 
 from __future__ import annotations
@@ -34,7 +47,6 @@ import contextlib
 import heapq
 import itertools
 import logging
-import selectors
 import socket
 import threading
 import time
@@ -46,100 +58,25 @@ from .tftp_engine import (
     GenerateFn,
     Refuse,
     decide_rrq,
-    encode_data,
     encode_error,
-    encode_oack,
     opcode_of,
-    parse_ack,
-    parse_error,
     parse_request,
 )
+from .tftp_session import INF, Session, _Poller, raise_nofile, resource
 
 log = logging.getLogger("plowshare.tftp")
+monotonic = time.monotonic
 
 EventFn = Callable[[str, tuple[str, int], str], None]
 RECV_SIZE = 65536  # bigger than any legal TFTP datagram
-BURST = 64  # datagrams drained per readiness event, for fairness
+SEND_SIZE = 4 + te.BLKSIZE_MAX
+LISTEN_RCVBUF = 4 << 20  # bytes; 1,000 PXE clients powered on at once
+MAX_EVENTS = 256  # ready sockets handled per poll
+BURST = 64  # datagrams drained from the listener per readiness event
+FDS_PER_SESSION = 3  # its two sockets and (large files) its file
+FDS_SPARE = 64  # listener, wake pair, epoll, logging, the rest of the app
 
-
-class _Session:
-    """One transfer: its socket, source, the last packet sent and a timer."""
-
-    def __init__(self, server: TftpServer, sock: socket.socket, client, req, acc: Accept):
-        self.server, self.sock, self.client, self.acc = server, sock, client, acc
-        self.filename = req.filename  # as asked, to spot duplicate RRQs
-        self.armed = False  # has an entry in the server's timer heap
-        self.base_timeout = float(acc.timeout or server.timeout)
-        self.timeout = self.base_timeout
-        self.block = 0  # block number (mod 65536) of the packet awaiting ACK
-        self.last = b""  # that packet, for retransmission
-        self.final = False  # the last packet sent was the final DATA
-        self.started = False  # DATA 1 has gone out
-        self.retries = 0
-        self.deadline = 0.0
-        self.sent_bytes = 0
-        self.t0 = time.monotonic()
-
-    def begin(self) -> None:
-        if self.acc.options:
-            self._send(encode_oack(self.acc.options))
-        else:
-            self._next_data()
-
-    def _next_data(self) -> None:
-        data = self.acc.source.read(self.acc.blksize)
-        self.block = (self.block + 1) % te.BLOCK_MODULO
-        self.final = len(data) < self.acc.blksize
-        self.sent_bytes += len(data)
-        if not self.started:
-            self.started = True
-            self.server._emit("tftp-start", self.client, self.acc.path)
-        self._send(encode_data(self.block, data))
-
-    def _send(self, packet: bytes) -> None:
-        self.last, self.retries, self.timeout = packet, 0, self.base_timeout
-        self._transmit()
-
-    def _transmit(self) -> None:
-        self.server._sendto(self.sock, self.last, self.client)  # lost: the timer retries
-        self.deadline = time.monotonic() + self.timeout
-        self.server._arm(self)
-
-    def on_datagram(self, data: bytes, addr) -> None:
-        """Handle one datagram that arrived on this transfer's socket."""
-        op = opcode_of(data)
-        if addr != self.client:
-            if op != te.OP_ERROR:
-                self.server._sendto(self.sock, encode_error(
-                    te.ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
-            log.info("datagram from foreign TID %s:%d on transfer to %s:%d",
-                     *addr, *self.client)
-            return
-        if op == te.OP_ERROR:
-            code, msg = parse_error(data)
-            self.server._end(self, "tftp-error" if self.started else None,
-                             f"client sent ERROR {code} {msg!r}")
-            return
-        block = parse_ack(data) if op == te.OP_ACK else None
-        if block is None:
-            self.server._sendto(self.sock, encode_error(
-                te.ERR_ILLEGAL_OP, "illegal TFTP operation"), addr)
-            self.server._end(self, "tftp-error", f"illegal packet (opcode {op})")
-        elif block == self.block:
-            if self.final:
-                self.server._end(self, "tftp-done", None)
-            else:
-                self._next_data()
-        # else: an ACK for an older block - send nothing (Sorcerer's Apprentice)
-
-    def on_timer(self) -> None:
-        """The deadline passed: retransmit with backoff, or give up."""
-        if self.retries >= self.server.retries:
-            self.server._end(self, "tftp-error", f"no ACK after {self.retries} retries")
-            return
-        self.retries += 1
-        self.timeout = min(self.timeout * 2, max(self.base_timeout, self.server.max_backoff))
-        self._transmit()
+_Session = Session  # the old private name
 
 
 class TftpServer:
@@ -161,13 +98,18 @@ class TftpServer:
         self.timeout, self.retries, self.max_backoff = timeout, retries, max_backoff
         self.max_sessions = max_sessions
         self._sock: socket.socket | None = None
-        self._sel: selectors.BaseSelector | None = None
+        self._poller: _Poller | None = None
         self._wake_r = self._wake_w = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._by_client: dict[tuple[str, int], _Session] = {}
+        self._by_client: dict[tuple[str, int], Session] = {}
+        self._by_fd: dict[int, Session] = {}  # connected socket -> session
+        self._foreign_fd: dict[int, Session] = {}  # TID socket -> session
         self._timers: list = []
         self._seq = itertools.count()
+        self.now = time.monotonic()  # loop time, refreshed once per poll
+        self.recv_buf = bytearray(RECV_SIZE)
+        self.send_view = memoryview(bytearray(SEND_SIZE))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -199,12 +141,29 @@ class TftpServer:
         return sock
 
     def _open(self) -> None:
+        needed = self.max_sessions * FDS_PER_SESSION + FDS_SPARE
+        try:
+            changed = raise_nofile(needed)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE to %d: %s", needed, exc)
+        else:
+            if changed:
+                log.info("RLIMIT_NOFILE soft limit raised from %d to %d (max_sessions %d "
+                         "needs about %d)", *changed, self.max_sessions, needed)
+        if resource is not None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            if soft != resource.RLIM_INFINITY and soft < needed:
+                log.warning("RLIMIT_NOFILE is %d, below the %d that max_sessions %d "
+                            "needs: requests beyond it get ERROR 0", soft, needed,
+                            self.max_sessions)
         self._sock = self._new_socket(self.bind, reuse=True)
-        self._sel = selectors.DefaultSelector()
+        with contextlib.suppress(OSError):  # room for a burst of RRQs (capped by rmem_max)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTEN_RCVBUF)
+        self._poller = _Poller()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
-        self._sel.register(self._sock, selectors.EVENT_READ, None)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._poller.register(self._sock.fileno())
+        self._poller.register(self._wake_r.fileno())
         log.info("TFTP serving %s on %s:%d", self.root, *self.address)
 
     def start(self) -> None:
@@ -253,22 +212,45 @@ class TftpServer:
 
     def run_once(self, max_wait: float = 1.0) -> None:
         """Wait for traffic or the next timer (at most ``max_wait`` s), handle it."""
-        wait = max_wait
-        if self._timers:
-            wait = min(max_wait, max(0.0, self._timers[0][0] - time.monotonic()))
-        for key, _ in self._sel.select(wait):
-            if key.data == "wake":
-                self._wake_r.recv(64)
-            elif key.data is None:
-                self._drain(self._sock, self._on_listener)
-            else:
-                self._drain(key.fileobj, key.data.on_datagram, key.data)
-        self._fire_timers(time.monotonic())
+        timers, wait = self._timers, max_wait
+        if timers:
+            wait = timers[0][0] - self.now  # self.now: taken after the last poll
+            if wait > max_wait:
+                wait = max_wait
+            elif wait < 0.0:
+                wait = 0.0
+        ready = self._poller.poll(wait, MAX_EVENTS)
+        self.now = now = monotonic()
+        by_fd, buf = self._by_fd, self.recv_buf
+        for fd, _ in ready:
+            session = by_fd.get(fd)
+            if session is not None:
+                try:
+                    session.on_readable(buf)
+                except Exception:  # noqa: BLE001 - logged by _failed
+                    self._failed(session)
+            elif (session := self._foreign_fd.get(fd)) is not None:
+                try:
+                    session.on_tid_readable(buf)
+                except Exception:  # noqa: BLE001 - logged by _failed
+                    self._failed(session)
+            elif self._sock is not None and fd == self._sock.fileno():
+                self._drain_listener()
+            elif self._wake_r is not None and fd == self._wake_r.fileno():
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(64)
+        if timers and timers[0][0] <= now:
+            self._fire_timers(now)
 
-    def _drain(self, sock, handler, session: _Session | None = None) -> None:
+    def _failed(self, session: Session) -> None:
+        log.exception("TFTP session for %s:%d failed", *session.client)
+        if session.sock is not None:
+            session._send_packet(encode_error(te.ERR_UNDEFINED, "internal error"))
+        self._end(session, "tftp-error", "internal error")
+
+    def _drain_listener(self) -> None:
+        sock = self._sock
         for _ in range(BURST):
-            if session is not None and session.sock is None:
-                return  # ended by the previous datagram
             try:
                 data, addr = sock.recvfrom(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -277,34 +259,33 @@ class TftpServer:
                 log.debug("recvfrom failed: %s", exc)
                 return
             try:
-                handler(data, addr[:2])
+                self._on_listener(data, addr[:2])
             except Exception:
-                log.exception("TFTP handler failed for %s", addr)
-                if session is not None:
-                    self._sendto(sock, encode_error(te.ERR_UNDEFINED, "internal error"), addr)
-                    self._end(session, "tftp-error", "internal error")
-                    return
+                log.exception("TFTP request handler failed for %s", addr)
 
-    def _arm(self, session: _Session) -> None:
-        """Keep one heap entry per session; a moved deadline is re-queued lazily."""
-        if not session.armed:
-            session.armed = True
-            heapq.heappush(self._timers, (session.deadline, next(self._seq), session))
+    def _arm(self, session: Session) -> None:
+        """Queue the session's deadline; its older heap entries become stale."""
+        tid = next(self._seq)
+        session.armed_at, session.timer_id = session.deadline, tid
+        heapq.heappush(self._timers, (session.deadline, tid, session))
 
     def _fire_timers(self, now: float) -> None:
-        while self._timers and self._timers[0][0] <= now:
-            _, _, session = heapq.heappop(self._timers)
-            session.armed = False
-            if session.sock is None:
-                continue  # ended since
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, tid, session = heapq.heappop(timers)
+            if session.timer_id != tid or session.sock is None:
+                continue  # stale entry, or the session ended since
+            session.armed_at = INF
             if session.deadline > now:  # progress was made: wait again
                 self._arm(session)
                 continue
             try:
                 session.on_timer()
-            except Exception:
-                log.exception("TFTP timer failed for %s", session.client)
-                self._end(session, "tftp-error", "internal error")
+            except Exception:  # noqa: BLE001 - logged by _failed
+                self._failed(session)
+                continue
+            if session.sock is not None:
+                self._arm(session)
 
     # ------------------------------------------------------------- requests
 
@@ -323,7 +304,7 @@ class TftpServer:
             return self._refuse(client, "RRQ", req)
         old = self._by_client.get(client)
         if old is not None:
-            if old.filename == req.filename and old.sent_bytes <= old.acc.blksize:
+            if old.filename == req.filename and old.waiting_first:
                 log.debug("duplicate RRQ %r from %s:%d dropped", req.filename, *client)
                 return
             self._end(old, None, "replaced by a new request")
@@ -338,22 +319,46 @@ class TftpServer:
 
     def _begin(self, client, req, acc: Accept) -> None:
         try:
-            sock = self._new_socket((self.bind[0], 0))
+            sock, conn = self._transfer_sockets(client)
         except OSError as exc:
             acc.close()
             return self._refuse(client, f"RRQ {req.filename!r}", Refuse(
                 te.ERR_UNDEFINED, f"cannot open socket: {exc.strerror}"), req.filename)
-        session = _Session(self, sock, client, req, acc)
+        self.now = time.monotonic()
+        session = Session(self, sock, conn, client, req, acc)
         self._by_client[client] = session
-        self._sel.register(sock, selectors.EVENT_READ, session)
-        log.info("RRQ %r from %s:%d accepted: %s %d bytes, blksize %d, options %s",
-                 req.filename, *client, req.mode, acc.size, acc.blksize, acc.options or "-")
+        self._by_fd[session.fd] = session
+        self._foreign_fd[session.tid_fd] = session
+        self._poller.register(session.fd)
+        self._poller.register(session.tid_fd)
+        log.info("RRQ %r from %s:%d accepted: %s %d bytes, blksize %d, windowsize %d, "
+                 "options %s", req.filename, *client, req.mode, acc.size, acc.blksize,
+                 acc.windowsize, acc.options or "-")
         try:
             session.begin()
-        except Exception:  # e.g. EIO reading the first block
-            log.exception("starting %r for %s:%d failed", req.filename, *client)
-            self._sendto(sock, encode_error(te.ERR_UNDEFINED, "internal error"), client)
-            self._end(session, "tftp-error", "internal error")
+        except Exception:  # noqa: BLE001 - e.g. EIO reading block 1; logged by _failed
+            self._failed(session)
+
+    def _transfer_sockets(self, client) -> tuple[socket.socket, socket.socket]:
+        """The transfer's TID: an unconnected socket on a fresh ephemeral port
+        (bound without SO_REUSEADDR, so the port is unique) and a second socket
+        on the same port connected to the client.  Linux delivers the client's
+        datagrams to the connected one (exact match wins), which needs no
+        address per packet (``recv_into``/``send``, cached route); the
+        unconnected one sees only foreign TIDs, answered with ERROR 5."""
+        sock = self._new_socket((self.bind[0], 0))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            conn = self._new_socket(sock.getsockname()[:2], reuse=True)
+            try:
+                conn.connect(client)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            sock.close()
+            raise
+        return sock, conn
 
     def _refuse(self, client, what: str, refusal: Refuse, path: str | None = None) -> None:
         """Answer ERROR from the listener; a named file also emits tftp-error."""
@@ -363,25 +368,30 @@ class TftpServer:
         if path is not None:
             self._emit("tftp-error", client, path)
 
-    def _end(self, session: _Session, event: str | None, reason: str | None) -> None:
+    def _end(self, session: Session, event: str | None, reason: str | None) -> None:
         """Close a session once; log one line; emit ``event`` if given."""
         if session.sock is None:
             return
         if self._by_client.get(session.client) is session:
             del self._by_client[session.client]
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.unregister(session.sock)
+        if self._by_fd.get(session.fd) is session:
+            del self._by_fd[session.fd]
+        if self._foreign_fd.get(session.tid_fd) is session:
+            del self._foreign_fd[session.tid_fd]
+        for fd in (session.fd, session.tid_fd):
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._poller.unregister(fd)
         session.sock.close()
+        session.conn.close()
         session.sock = None
         session.acc.close()
         secs = time.monotonic() - session.t0
-        c = session.client
+        c, sent = session.client, session.sent_bytes()
         if reason is None:
-            log.info("sent %r to %s:%d: %d bytes in %.3f s",
-                     session.acc.path, *c, session.sent_bytes, secs)
+            log.info("sent %r to %s:%d: %d bytes in %.3f s", session.acc.path, *c, sent, secs)
         else:
             log.info("transfer of %r to %s:%d ended: %s (%d bytes, %.3f s)",
-                     session.acc.path, *c, reason, session.sent_bytes, secs)
+                     session.acc.path, *c, reason, sent, secs)
         if event:
             self._emit(event, c, session.acc.path)
 
@@ -403,8 +413,10 @@ class TftpServer:
     def _close_all(self) -> None:
         for session in list(self._by_client.values()):
             self._end(session, None, "server stopping")
+        for session in list(self._by_fd.values()):
+            self._end(session, None, "server stopping")
         self._timers.clear()
-        for closable in (self._sock, self._wake_r, self._wake_w, self._sel):
+        for closable in (self._sock, self._wake_r, self._wake_w, self._poller):
             if closable is not None:
                 closable.close()
-        self._sock = self._wake_r = self._wake_w = self._sel = None
+        self._sock = self._wake_r = self._wake_w = self._poller = None

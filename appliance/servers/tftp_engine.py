@@ -4,22 +4,29 @@ option negotiation, path containment and the RRQ decision.
 Nothing here touches a socket.  :func:`decide_rrq` opens the file it accepts
 (so the decision and the opened inode are the same one) and hands it back in
 an :class:`Accept`; the caller owns the returned source and must ``close()``
-it.  :mod:`appliance.servers.tftp` wraps these in a ``selectors`` loop.
+it.  :mod:`appliance.servers.tftp` wraps these in an ``epoll`` loop.
 
-Codec note: we decode with tftpy 0.8.7's ``TftpPacketFactory`` but always
-inside ``try``: its decoders raise on malformed input (``struct.error`` on a
-datagram shorter than 4 bytes, ``UnicodeDecodeError`` on a non-ASCII file
-name, ``TftpException`` on missing NUL terminators or odd option lists), and
-tftpy's own server loop lets those escape and die — upstream msoulier/tftpy#140
-("DoS when parsing a packet with a length less than 2").  Its ERROR packet
+Codec note: tftpy 0.8.7's decoders raise on malformed input (``struct.error``
+on a datagram shorter than 4 bytes, ``UnicodeDecodeError`` on a non-ASCII
+file name, ``TftpException`` on missing NUL terminators, odd option lists and
+also on empty option values, which RFC 2347 allows), and tftpy's own server
+loop lets those escape and die — upstream msoulier/tftpy#140 ("DoS when
+parsing a packet with a length less than 2").  Requests are therefore decoded
+here (:func:`parse_request`, never raises); tftpy encodes the OACK.  Its ERROR packet
 class cannot carry a custom message and has no text for code 0 (``encode``
 raises ``KeyError``), and its ``decode`` logs every peer ERROR at level ERROR,
 so ERROR packets are encoded and decoded here with ``struct`` instead.
+ACK and DATA are on the per-packet hot path and never go through tftpy:
+:data:`ACK_DATA` / :data:`DATA_HEADER` are precomputed ``struct.Struct``.
+
+Sources are random access (``pread_into(offset, buffer)``): a windowed
+transfer (RFC 7440) resends a whole window from the last ACKed block, so the
+session re-reads by offset instead of keeping packets.  Small regular files
+are served from a shared in-memory cache keyed by inode, size and times.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import stat
@@ -27,12 +34,15 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tftpy.TftpPacketFactory import TftpPacketFactory
-from tftpy.TftpPacketTypes import (
-    TftpPacketACK,
-    TftpPacketDAT,
-    TftpPacketInitial,
-    TftpPacketOACK,
+from tftpy.TftpPacketTypes import TftpPacketOACK
+
+from .tftp_source import (  # re-exported: callers and tests import them from here
+    FILE_CACHE,
+    BytesSource,
+    FileSource,
+    NetasciiSource,
+    _FileCache,
+    _read_whole,
 )
 
 log = logging.getLogger("plowshare.tftp")
@@ -51,69 +61,14 @@ ERR_OPTIONS = 8
 DEFAULT_BLKSIZE = 512  # RFC 1350
 BLKSIZE_MIN, BLKSIZE_MAX = 8, 65464  # RFC 2348
 TIMEOUT_MIN, TIMEOUT_MAX = 1, 255  # RFC 2349 (seconds)
+WINDOWSIZE_MIN, WINDOWSIZE_MAX = 1, 64  # RFC 7440 allows 65535; we clamp to 64
 BLOCK_MODULO = 1 << 16  # block numbers are 16 bit; we wrap 65535 -> 0
 MODES = ("octet", "netascii")  # RFC 1350; "mail" is obsolete and refused
 
 GenerateFn = Callable[[str, tuple[str, int]], bytes | None]
 
-
-# ----------------------------------------------------------------- sources
-
-
-class BytesSource:
-    """Generated content served from memory."""
-
-    def __init__(self, data: bytes):
-        self._view = memoryview(bytes(data))
-        self._pos = 0
-
-    def read(self, n: int) -> bytes:
-        chunk = self._view[self._pos:self._pos + n].tobytes()
-        self._pos += len(chunk)
-        return chunk
-
-    def close(self) -> None:
-        self._view.release()
-
-
-class FileSource:
-    """A regular file read block by block from an already-open handle."""
-
-    def __init__(self, fobj: io.BufferedReader):
-        self._f = fobj
-        self.size = os.fstat(fobj.fileno()).st_size
-
-    def read(self, n: int) -> bytes:
-        return self._f.read(n)
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class NetasciiSource:
-    """Wraps a source, converting LF -> CR LF and CR -> CR NUL (RFC 764).
-
-    The mapping is byte-local, so chunk boundaries need no state; only the
-    surplus of an expanded chunk is kept for the next read.  ``read(n)``
-    returns exactly ``n`` bytes until the end of the data.
-    """
-
-    def __init__(self, inner):
-        self._inner = inner
-        self._pending = b""
-
-    def read(self, n: int) -> bytes:
-        buf = self._pending
-        while len(buf) < n:
-            chunk = self._inner.read(n)
-            if not chunk:
-                break
-            buf += chunk.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
-        self._pending = buf[n:]
-        return buf[:n]
-
-    def close(self) -> None:
-        self._inner.close()
+DATA_HEADER = struct.Struct("!HH")  # opcode, block: pack_into a send buffer
+ACK_DATA = struct.Struct("!HH")  # opcode, block: unpack_from a receive buffer
 
 
 # ---------------------------------------------------------------- decisions
@@ -133,6 +88,7 @@ class Accept:
     blksize: int = DEFAULT_BLKSIZE
     timeout: float | None = None
     path: str = ""
+    windowsize: int = 1
 
     def close(self) -> None:
         self.source.close()
@@ -152,6 +108,7 @@ class Negotiated:
     timeout: int | None = None
     tsize: bool = False
     order: tuple[str, ...] = ()
+    windowsize: int = 1
 
 
 def _int_option(value: str) -> int | None:
@@ -169,11 +126,14 @@ def negotiate(options: dict[str, str], mode: str = "octet") -> Negotiated:
     - ``timeout``: accepted in 1..255, otherwise ignored.
     - ``tsize``: acknowledged with the real size in octet mode only; in
       netascii mode the size on the wire is unknown up front, so it is
-      ignored (as tftpd-hpa does).  The client's value is not checked.
-    - anything else (``windowsize`` too, for now) is ignored.
+      ignored (as tftpd-hpa does).  The client's value (RFC 2349: 0 in a
+      read request) must be a decimal number, else the option is ignored.
+    - ``windowsize`` (RFC 7440): non-numeric or < 1 is ignored; > 64 is
+      clamped to 64 (the RFC lets the server answer a smaller value).
+    - anything else is ignored.
     Duplicate names (any case): the last one wins.
     """
-    blksize, timeout, order = DEFAULT_BLKSIZE, None, []
+    blksize, timeout, windowsize, order = DEFAULT_BLKSIZE, None, 1, []
     for raw_name, value in options.items():
         name = raw_name.lower()
         accepted = False
@@ -186,10 +146,15 @@ def negotiate(options: dict[str, str], mode: str = "octet") -> Negotiated:
             if n is not None and TIMEOUT_MIN <= n <= TIMEOUT_MAX:
                 timeout, accepted = n, True
         elif name == "tsize":
-            accepted = mode == "octet"
+            accepted = mode == "octet" and _int_option(value) is not None
+        elif name == "windowsize":
+            n = _int_option(value)
+            if n is not None and n >= WINDOWSIZE_MIN:
+                windowsize, accepted = min(n, WINDOWSIZE_MAX), True
         if accepted and name not in order:
             order.append(name)
-    return Negotiated(blksize, timeout, tsize="tsize" in order, order=tuple(order))
+    return Negotiated(blksize, timeout, tsize="tsize" in order, order=tuple(order),
+                      windowsize=windowsize)
 
 
 def normalise_path(filename: str) -> str | Refuse:
@@ -210,14 +175,18 @@ def normalise_path(filename: str) -> str | Refuse:
     return "/".join(parts)
 
 
-def open_contained(root: str, rel: str) -> FileSource | Refuse:
+def open_contained(root: str, rel: str, cache: _FileCache | None = FILE_CACHE
+                   ) -> FileSource | BytesSource | Refuse:
     """Open ``root/rel`` read-only if it is a regular file inside ``root``.
 
     ``realpath`` resolves every symlink; the result must stay under the
     (real) root.  Only regular files are opened: a FIFO would block and a
     device could have side effects, so the type is checked with ``stat``
     before ``open`` and again with ``fstat`` after (``O_NOFOLLOW`` and
-    ``O_NONBLOCK`` close the race in between).
+    ``O_NONBLOCK`` close the race in between).  Files up to
+    ``cache.file_max`` bytes come back as a :class:`BytesSource` from
+    ``cache`` (keyed by the ``fstat`` of the opened inode, so a replaced or
+    rewritten file is a new entry) and hold no descriptor.
     """
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, rel))
@@ -236,10 +205,25 @@ def open_contained(root: str, rel: str) -> FileSource | Refuse:
         fd = os.open(real, flags)
     except OSError:
         return Refuse(ERR_ACCESS, "access violation")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return Refuse(ERR_ACCESS, "not a regular file")
+        if cache is not None and st.st_size <= cache.file_max:
+            key = cache.key(st)
+            data = cache.get(key)
+            if data is None:
+                data = _read_whole(fd, st.st_size)
+                if data is not None:
+                    cache.put(key, data)
+            if data is not None:
+                os.close(fd)
+                return BytesSource(data)
+    except OSError:
         os.close(fd)
-        return Refuse(ERR_ACCESS, "not a regular file")
-    return FileSource(os.fdopen(fd, "rb"))
+        return Refuse(ERR_ACCESS, "access violation")
+    return FileSource(fd, st.st_size)
 
 
 def _generated(generate: GenerateFn | None, rel: str, client) -> bytes | None | Refuse:
@@ -282,12 +266,13 @@ def decide_rrq(filename: str, mode: str, options: dict[str, str], root: str,
         if isinstance(source, Refuse):
             return source
         size = source.size
-    if mode == "netascii":
-        source = NetasciiSource(source)
     neg = negotiate(options, mode)
-    values = {"blksize": str(neg.blksize), "timeout": str(neg.timeout), "tsize": str(size)}
+    if mode == "netascii":
+        source = NetasciiSource(source, keep=(neg.windowsize + 1) * neg.blksize)
+    values = {"blksize": str(neg.blksize), "timeout": str(neg.timeout), "tsize": str(size),
+              "windowsize": str(neg.windowsize)}
     return Accept(source, size, {n: values[n] for n in neg.order}, neg.blksize,
-                  neg.timeout, rel)
+                  neg.timeout, rel, neg.windowsize)
 
 
 # ------------------------------------------------------------------- codec
@@ -301,31 +286,51 @@ class Request:
     options: dict[str, str]
 
 
-_FACTORY = TftpPacketFactory()
-
-
 def opcode_of(datagram: bytes) -> int | None:
     return struct.unpack("!H", datagram[:2])[0] if len(datagram) >= 2 else None
 
 
 def parse_request(datagram: bytes) -> Request | Refuse:
-    """Decode an RRQ/WRQ with tftpy; any decoder exception becomes ERROR 4."""
-    try:
-        pkt = _FACTORY.parse(bytes(datagram))
-    except Exception as exc:  # noqa: BLE001 - tftpy raises on malformed input (module doc)
-        return Refuse(ERR_ILLEGAL_OP, f"malformed request ({type(exc).__name__})")
-    if not isinstance(pkt, TftpPacketInitial):
+    """Decode an RRQ/WRQ; anything malformed becomes ERROR 4, never an exception.
+
+    Decoded here rather than with tftpy: tftpy 0.8.7's
+    ``TftpPacketWithOptions.decode_options`` raises on any empty string, but
+    RFC 2347 values may be empty (RFC 2090's ``multicast`` always is), and
+    such an option should just be ignored.  Rules: file name and mode
+    non-empty ASCII, every field NUL-terminated, options in name/value
+    pairs; one stray trailing NUL (padding) is tolerated; empty names are
+    dropped; the mode is lower-cased.
+    """
+    data = bytes(datagram)
+    op = opcode_of(data)
+    if op not in (OP_RRQ, OP_WRQ):
         return Refuse(ERR_ILLEGAL_OP, "illegal TFTP operation")
-    return Request(pkt.opcode, pkt.filename, pkt.mode, dict(pkt.options))
-
-
-def parse_ack(datagram: bytes) -> int | None:
-    """Block number of an ACK, or ``None`` if tftpy cannot decode it."""
+    if not data.endswith(b"\0") or len(data) < 4:
+        return Refuse(ERR_ILLEGAL_OP, "malformed request (no NUL terminator)")
+    fields = data[2:-1].split(b"\0")
+    if len(fields) < 2 or not fields[0] or not fields[1]:
+        return Refuse(ERR_ILLEGAL_OP, "malformed request (file name or mode missing)")
     try:
-        pkt = _FACTORY.parse(bytes(datagram))
-    except Exception:  # noqa: BLE001 - e.g. struct.error on a short ACK inside tftpy
+        filename, mode, *rest = (f.decode("ascii") for f in fields)
+    except UnicodeDecodeError:
+        return Refuse(ERR_ILLEGAL_OP, "malformed request (non-ASCII)")
+    if len(rest) % 2 and rest[-1] == "":
+        rest.pop()  # NUL padding after the last field
+    if len(rest) % 2:
+        return Refuse(ERR_ILLEGAL_OP, "malformed request (odd option list)")
+    options = {name: value for name, value in zip(rest[::2], rest[1::2], strict=True)
+               if name}
+    return Request(op, filename, mode.lower(), options)
+
+
+def parse_ack(datagram) -> int | None:
+    """Block number of an ACK (trailing bytes ignored), else ``None``.
+
+    Plain ``struct``: tftpy raises ``struct.error`` on a short ACK (#140)."""
+    if len(datagram) < 4:
         return None
-    return pkt.blocknumber if isinstance(pkt, TftpPacketACK) else None
+    op, block = ACK_DATA.unpack_from(datagram)
+    return block if op == OP_ACK else None
 
 
 def parse_error(datagram: bytes) -> tuple[int, str]:
@@ -347,6 +352,4 @@ def encode_oack(options: dict[str, str]) -> bytes:
 
 
 def encode_data(block: int, data: bytes) -> bytes:
-    pkt = TftpPacketDAT()
-    pkt.blocknumber, pkt.data = block, data
-    return pkt.encode().buffer
+    return DATA_HEADER.pack(OP_DATA, block) + data

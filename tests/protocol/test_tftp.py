@@ -248,7 +248,7 @@ def test_no_options_data1_from_new_tid(server, tree):
 
 def test_oack_echoes_accepted_options_only(server):
     c = Raw(server)
-    c.send(rrq("big.bin", BLKSIZE="99999", TSize="0", timeout="0", windowsize="4"))
+    c.send(rrq("big.bin", BLKSIZE="99999", TSize="0", timeout="0", windowsize="0"))
     op, _, payload, tid = c.recv()
     assert (op, payload) == (6, b"blksize\x0065464\x00tsize\x00%d\x00" % BIG)
     c.send(rrq("big.bin", BLKSIZE="99999", TSize="0"))  # duplicate RRQ: dropped
@@ -548,3 +548,238 @@ def test_fuzz_listener(tree, events, caplog):
         assert wait_for(lambda: srv.sessions == 0, 5)
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------- RFC 7440 windowsize
+
+
+def recv_data(c, n, timeout=2.0):
+    """The next ``n`` DATA packets as [(block, payload)]; asserts they come."""
+    out = []
+    for _ in range(n):
+        got = c.recv(timeout)
+        assert got is not None and got[0] == 3, (got, out)
+        out.append((got[1], got[2]))
+    return out
+
+
+def open_window(srv, name="big.bin", **options):
+    """RRQ with options, check the OACK, ACK it; returns (client, tid)."""
+    c = Raw(srv)
+    c.send(rrq(name, **options))
+    op, _, payload, tid = c.recv()
+    assert op == 6, payload
+    c.send(ack(0), tid)
+    return c, tid
+
+
+@pytest.mark.parametrize(("asked", "echo"), [("4", b"4"), ("1", b"1"), ("64", b"64"),
+                                             ("65535", b"64"), ("0", None), ("x", None),
+                                             ("-3", None)])
+def test_windowsize_oack_echo(server, asked, echo):
+    c = Raw(server)
+    c.send(rrq("big.bin", blksize=1024, WindowSize=asked))
+    op, _, payload, _ = c.recv()
+    expect = b"blksize\x001024\x00" + (b"windowsize\x00" + echo + b"\x00" if echo else b"")
+    assert (op, payload) == (6, expect)
+    c.close()
+
+
+def test_windowsize_not_echoed_unless_asked(server):
+    c = Raw(server)
+    c.send(rrq("big.bin", blksize=1024))
+    assert c.recv()[2] == b"blksize\x001024\x00"
+    c.close()
+
+
+def test_window_sent_before_any_ack_and_slides(tree, events):
+    srv = make_server(tree, events, timeout=5.0)
+    try:
+        c, tid = open_window(srv, blksize=512, windowsize=4)
+        blob = (tree / "big.bin").read_bytes()
+        got = recv_data(c, 4)
+        assert [b for b, _ in got] == [1, 2, 3, 4]
+        assert [p for _, p in got] == [blob[i * 512:(i + 1) * 512] for i in range(4)]
+        assert c.recv(0.3) is None  # the window is full: nothing before an ACK
+        c.send(ack(2), tid)  # mid-window (3 lost): a new window 3..6 at once (RFC 7440)
+        again = recv_data(c, 4)
+        assert [b for b, _ in again] == [3, 4, 5, 6]
+        assert again[0][1] == blob[2 * 512:3 * 512]
+        assert c.recv(0.3) is None
+        c.send(ack(2), tid)  # duplicate: nothing (Sorcerer's Apprentice)
+        c.send(ack(1), tid)  # older: nothing
+        c.send(ack(9), tid)  # not sent yet: nothing
+        assert c.recv(0.3) is None
+        c.send(ack(6), tid)  # whole window: 7..10
+        assert [b for b, _ in recv_data(c, 4)] == [7, 8, 9, 10]
+        c.send(ack(10), tid)
+        c.send(ack(10), tid)  # a duplicated window-end ACK starts one window, not two
+        assert [b for b, _ in recv_data(c, 4)] == [11, 12, 13, 14]
+        assert c.recv(0.3) is None
+        assert srv.sessions == 1
+        c.close()
+    finally:
+        srv.stop()
+
+
+def test_window_timeout_resends_from_last_ack(tree, events):
+    srv = make_server(tree, events, timeout=0.3, max_backoff=0.6, retries=3)
+    try:
+        c, tid = open_window(srv, blksize=512, windowsize=4)
+        assert [b for b, _ in recv_data(c, 4)] == [1, 2, 3, 4]
+        c.send(ack(4), tid)
+        assert [b for b, _ in recv_data(c, 4)] == [5, 6, 7, 8]
+        t0 = time.monotonic()
+        again = recv_data(c, 4)  # no ACK: the unACKed window 5..8 again
+        assert [b for b, _ in again] == [5, 6, 7, 8]
+        assert time.monotonic() - t0 == pytest.approx(0.3, abs=0.2)
+        blob = (tree / "big.bin").read_bytes()
+        assert again[0][1] == blob[4 * 512:5 * 512]
+        t0 = time.monotonic()
+        assert [b for b, _ in recv_data(c, 4)] == [5, 6, 7, 8]  # backoff: 0.6 s
+        assert time.monotonic() - t0 == pytest.approx(0.6, abs=0.2)
+        c.send(ack(6), tid)  # progress: a new window 7..10, the timer starts over
+        assert [b for b, _ in recv_data(c, 4)] == [7, 8, 9, 10]
+        t0 = time.monotonic()
+        assert [b for b, _ in recv_data(c, 4)] == [7, 8, 9, 10]
+        assert time.monotonic() - t0 == pytest.approx(0.3, abs=0.2)
+        c.close()
+        assert wait_for(lambda: srv.sessions == 0, 5)
+        assert events[-1] == ("tftp-error", "big.bin")
+    finally:
+        srv.stop()
+
+
+def windowed_get(srv, name, blksize, windowsize, **options):
+    """Download ACKing only the last block of each full window (as atftp does)."""
+    c, tid = open_window(srv, name, blksize=blksize, windowsize=windowsize, **options)
+    blocks, out, expect = [], [], 1
+    try:
+        while True:
+            for i in range(windowsize):
+                got = c.recv()
+                assert got is not None and got[0] == 3, got
+                assert got[1] == expect % 65536, (got[1], expect)
+                blocks.append(got[1])
+                out.append(got[2])
+                expect += 1
+                if len(got[2]) < blksize:
+                    c.send(ack(got[1]), tid)
+                    return b"".join(out), blocks
+                if i == windowsize - 1:
+                    c.send(ack(got[1]), tid)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("windowsize", [7, 64])
+def test_window_block_number_rollover(server, tree, events, windowsize):
+    data, blocks = windowed_get(server, "roll.bin", 8, windowsize)
+    assert sha(data) == sha((tree / "roll.bin").read_bytes())
+    assert blocks[65534:65537] == [65535, 0, 1] and len(blocks) == ROLL // 8 + 1
+    assert wait_for(lambda: server.sessions == 0)
+    assert wait_for(lambda: ("tftp-done", "roll.bin") in events)
+
+
+def test_window_final_short_block_ends_transfer(server, tree, events):
+    """exact.bin is 1024 bytes: at blksize 512 the final block is empty."""
+    c, tid = open_window(server, "exact.bin", windowsize=8, blksize=512)
+    got = recv_data(c, 3)
+    assert [(b, len(p)) for b, p in got] == [(1, 512), (2, 512), (3, 0)]
+    assert c.recv(0.3) is None  # nothing past the final block
+    c.send(ack(3), tid)
+    assert wait_for(lambda: server.sessions == 0)
+    assert wait_for(lambda: ("tftp-done", "exact.bin") in events)
+    c.close()
+
+
+def test_window_netascii_resend(tree, events):
+    srv = make_server(tree, events, timeout=0.3, retries=2)
+    try:
+        c, tid = open_window(srv, "small.txt", mode=b"netascii", blksize=8, windowsize=2)
+        first = recv_data(c, 2)
+        assert recv_data(c, 2) == first  # timeout: the same two blocks again
+        c.send(ack(2), tid)
+        rest = recv_data(c, 2)  # 27 bytes on the wire: block 4 is the short one
+        assert [(b, len(p)) for b, p in rest] == [(3, 8), (4, 3)]
+        wire = b"".join(p for _, p in first + rest)
+        assert wire == b"hello\r\nworld\r\0\r\nbare\r\0end\r\n"
+        c.send(ack(3), tid)  # mid-window (4 lost): block 4 again, from the kept buffer
+        assert recv_data(c, 1) == rest[1:]
+        assert c.recv(0.15) is None
+        c.send(ack(4), tid)
+        assert wait_for(lambda: srv.sessions == 0)
+        c.close()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("opts", [["windowsize 16"], ["windowsize 4", "tsize 0"]])
+def test_atftp_windowsize(server, tree, tmp_path, events, opts):
+    out = tmp_path / "out"
+    extra = [a for o in opts for a in ("--option", o)]
+    r = run(["atftp", "--get", "-r", "big.bin", "-l", str(out), "--option", "blksize 1468",
+             *extra, LO, str(server.address[1])])
+    assert r.returncode == 0, r.stderr
+    assert sha(out.read_bytes()) == sha((tree / "big.bin").read_bytes())
+    assert wait_for(lambda: ("tftp-done", "big.bin") in events)
+
+
+# ----------------------------------------------------------------- scale
+
+
+def test_thousand_concurrent_sessions(tree, events):
+    srv = make_server(tree, events, timeout=10.0, max_sessions=1100)
+    clients = []
+    try:
+        for _ in range(1000):
+            c = Raw(srv)
+            c.send(rrq("exact.bin", windowsize=2))
+            clients.append(c)
+        tids = []
+        for c in clients:
+            got = c.recv(1)
+            if got is None:  # the listener queue overflowed: retry, as clients do
+                c.send(rrq("exact.bin", windowsize=2))
+                got = c.recv(3)
+            assert got is not None and got[0] == 6, got
+            tids.append(got[3])
+        assert srv.sessions == 1000
+        for c, tid in zip(clients, tids, strict=True):
+            c.send(ack(0), tid)
+        for c, tid in zip(clients, tids, strict=True):
+            assert [b for b, _ in recv_data(c, 2, 5)] == [1, 2]
+            c.send(ack(2), tid)
+        for c, tid in zip(clients, tids, strict=True):
+            assert recv_data(c, 1, 5) == [(3, b"")]
+            c.send(ack(3), tid)
+        assert wait_for(lambda: srv.sessions == 0, 10)
+        assert sum(1 for e in events if e[0] == "tftp-done") == 1000
+    finally:
+        for c in clients:
+            c.close()
+        srv.stop()
+
+
+def test_nofile_limit_raised_for_max_sessions():
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import logging, resource
+        from appliance.servers.tftp import TftpServer
+        logging.basicConfig(level=logging.INFO)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        srv = TftpServer(".", ("127.0.0.1", 0), max_sessions=1000)
+        srv.start()
+        srv.stop()
+        print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)
+    """)
+    r = run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(
+        os.path.dirname(os.path.abspath(__file__)))))
+    assert r.returncode == 0, r.stderr
+    soft, hard = r.stdout.split()
+    if int(hard) >= 1000 * 3 + 64:  # FDS_PER_SESSION, FDS_SPARE
+        assert int(soft) == int(hard)
+        assert b"RLIMIT_NOFILE soft limit raised from 256" in r.stderr

@@ -13,11 +13,14 @@ from appliance.servers.tftp_engine import (
     ERR_ILLEGAL_OP,
     ERR_NOT_FOUND,
     ERR_UNDEFINED,
+    FILE_CACHE,
     OP_ERROR,
     Accept,
     BytesSource,
+    FileSource,
     NetasciiSource,
     Refuse,
+    _FileCache,
     decide_rrq,
     encode_data,
     encode_error,
@@ -162,8 +165,14 @@ def test_timeout_range(value, accepted):
 
 
 def test_unknown_options_not_echoed(root):
-    d = decide(root, "pxelinux.0", options={"windowsize": "4", "multicast": "", "tsize": "0"})
-    assert d.options == {"tsize": "1000"}
+    d = decide(root, "pxelinux.0", options={"windowsize": "0", "multicast": "", "tsize": "0"})
+    assert d.options == {"tsize": "1000"} and d.windowsize == 1
+
+
+@pytest.mark.parametrize(("value", "accepted"), [("0", True), ("12345", True), ("", False),
+                                                 ("x", False), ("-1", False)])
+def test_tsize_value_must_be_a_number(value, accepted):
+    assert ("tsize" in negotiate({"tsize": value}).order) is accepted
 
 
 def test_tsize_ignored_in_netascii(root):
@@ -258,11 +267,26 @@ def test_parse_request_ok():
 @pytest.mark.parametrize("dgram", [
     b"", b"\x00", b"\x00\x01", b"\x00\x01abc", b"\x00\x01abc\x00octet",
     b"\x00\x01caf\xc3\xa9\x00octet\x00", b"\x00\x01\xff\xfe\x00octet\x00",
-    b"\x00\x01a\x00octet\x00blksize\x00", b"\x00\x01a\x00octet\x00blksize\x00\x00",
+    b"\x00\x01a\x00octet\x00blksize\x00", b"\x00\x01\x00octet\x00", b"\x00\x01a\x00\x00",
     b"\x00\x01a\x00octet\x00x\x00y\x00z", b"\x00\x03\x00\x01data", b"\x00\x09zz",
+    b"\x00\x01a\x00octet\x00bl\xffk\x001\x00", b"\x00\x01a\x00octet\x00a\x00b\x00c\x00d",
 ])
 def test_parse_request_malformed_is_refusal(dgram):
     assert parse_request(dgram).code == ERR_ILLEGAL_OP
+
+
+@pytest.mark.parametrize(("dgram", "options"), [
+    (b"\x00\x01a\x00octet\x00blksize\x00\x00", {"blksize": ""}),
+    (b"\x00\x01a\x00octet\x00multicast\x00\x00tsize\x000\x00", {"multicast": "", "tsize": "0"}),
+    (b"\x00\x01a\x00octet\x00\x00", {}),  # one NUL of padding
+    (b"\x00\x01a\x00octet\x00\x00\x00", {}),  # an empty name: dropped
+    (b"\x00\x02a\x00Netascii\x00", {}),
+])
+def test_parse_request_empty_values_and_padding(dgram, options):
+    req = parse_request(dgram)
+    assert (req.filename, req.options) == ("a", options)
+    assert req.mode in ("octet", "netascii") and req.opcode == dgram[1]
+    assert not {"blksize", "multicast"} & set(negotiate(req.options).order)
 
 
 def test_parse_ack_and_error():
@@ -280,3 +304,81 @@ def test_encoders():
     assert encode_data(1, b"") == b"\x00\x03\x00\x01"
     assert encode_oack({"blksize": "1432", "tsize": "9"}) == \
         b"\x00\x06blksize\x001432\x00tsize\x009\x00"
+
+
+# ---------------------------------------------------------------- windowsize
+
+
+@pytest.mark.parametrize(("value", "expect"), [("1", 1), ("4", 4), ("16", 16), ("64", 64),
+                                               ("65", 64), ("65535", 64), (" 8", 8)])
+def test_windowsize_range_and_clamp(value, expect):
+    n = negotiate({"WindowSize": value})
+    assert n.windowsize == expect and n.order == ("windowsize",)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "", "x", "1.5", "0x10"])
+def test_bad_windowsize_ignored(value):
+    n = negotiate({"windowsize": value})
+    assert n.windowsize == 1 and n.order == ()
+
+
+def test_windowsize_echoed_in_order_asked(root):
+    d = decide(root, "pxelinux.0", options={"windowsize": "4", "tsize": "0", "blksize": "1468"})
+    assert list(d.options.items()) == [("windowsize", "4"), ("tsize", "1000"),
+                                       ("blksize", "1468")]
+    assert (d.windowsize, d.blksize) == (4, 1468)
+
+
+# ------------------------------------------------------------------- sources
+
+
+def test_sources_read_by_offset(root, tmp_path):
+    big = tmp_path / "root" / "big.bin"
+    big.write_bytes(bytes(range(256)) * 40000)  # above the cache limit: a file
+    d = decide_rrq("big.bin", "octet", {}, str(root), None, CLIENT)
+    assert isinstance(d.source, FileSource)
+    buf = bytearray(512)
+    assert d.source.pread_into(1000, memoryview(buf)) == 512
+    assert bytes(buf) == (bytes(range(256)) * 4)[1000 % 256:1000 % 256 + 512]
+    assert d.source.pread_into(len(bytes(range(256)) * 40000) - 10, memoryview(buf)) == 10
+    d.close()
+    m = BytesSource(b"abcdef")
+    assert m.pread_into(4, memoryview(buf)) == 2 and buf[:2] == b"ef"
+    assert m.pread_into(6, memoryview(buf)) == 0
+
+
+def test_small_files_served_from_shared_cache(root):
+    FILE_CACHE.clear()
+    a = decide_rrq("pxelinux.0", "octet", {}, str(root), None, CLIENT)
+    b = decide_rrq("pxelinux.0", "octet", {}, str(root), None, CLIENT)
+    assert isinstance(a.source, BytesSource) and a.source._data is b.source._data
+    a.close()
+    b.close()
+    (root / "pxelinux.0").write_bytes(b"Q" * 1000)  # rewritten: a new inode state
+    os.utime(root / "pxelinux.0", ns=(1, 1))
+    c = decide_rrq("pxelinux.0", "octet", {}, str(root), None, CLIENT)
+    assert read_all(c.source) == b"Q" * 1000
+    c.close()
+
+
+def test_file_cache_bounded():
+    cache = _FileCache(file_max=10, total_max=25)
+    for i in range(5):
+        cache.put((i,), b"x" * 10)
+    cache.put((9,), b"y" * 11)  # too big to cache
+    assert [k for k in [(0,), (1,), (2,), (3,), (4,), (9,)] if cache.get(k)] == [(3,), (4,)]
+
+
+def test_netascii_resend_within_window():
+    data = b"a\nb\r" * 100000  # expanded: 4 bytes -> 6
+    wire = data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
+    src = NetasciiSource(BytesSource(data), keep=4 * 512)
+    buf = memoryview(bytearray(512))
+    for block in range(0, len(wire) // 512 + 1, 4):  # windows of 4, each sent twice
+        for _ in range(2):
+            for k in range(block, block + 4):
+                n = src.pread_into(k * 512, buf)
+                assert bytes(buf[:n]) == wire[k * 512:(k + 1) * 512]
+    assert len(src._buf) < 4 * 512 + 2 * NetasciiSource.CHUNK  # old data dropped
+    with pytest.raises(ValueError):
+        src.pread_into(0, buf)
