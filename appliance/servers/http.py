@@ -69,11 +69,17 @@ class HttpServer:
             wasyncore.close_all(sockmap)
 
         if thread.is_alive():
-            server.trigger.pull_trigger(close_all)
-            thread.join(timeout)
+            try:
+                server.trigger.pull_trigger(close_all)
+                thread.join(timeout)
+            except OSError as exc:
+                # waitress closes its trigger pipe when its loop winds down
+                # (seen under load as EBADF): the loop is going; close from here
+                log.warning("- http server wake-up failed (%s); closing from outside", exc)
         if thread.is_alive() or sockmap:
             log.warning("- http server did not stop in %.1fs; closing from outside", timeout)
             wasyncore.close_all(sockmap)
+            thread.join(timeout)
         server.task_dispatcher.shutdown(timeout=timeout)
         self._server = self._thread = None
         log.info("- http stopped")
