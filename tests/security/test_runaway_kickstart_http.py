@@ -76,13 +76,20 @@ def test_runaway_kickstart_fails_within_limit_while_others_are_served(appliance)
     evil_url = f"{base}/ks/{appliance.store.host(EVIL).token}"
     good_ks = f"{base}/ks/{appliance.store.host(GOOD).token}"
     result = {}
-    runaway = threading.Thread(target=lambda: result.update(evil=fetch(evil_url)))
+    def attack():
+        result["evil"] = fetch(evil_url)
+        result["evil_done"] = time.monotonic()
+
+    runaway = threading.Thread(target=attack)
     runaway.start()
     time.sleep(0.3)  # the runaway render is now holding a worker
     others = [fetch(f"{base}/boot/{GOOD}.ipxe"), fetch(good_ks), fetch(f"{base}/healthz")]
+    others_done = time.monotonic()
     runaway.join(timeout=LIMIT + 10)
     code, took = result["evil"]
     assert code == 500 and took < LIMIT + 3, (code, took)
-    assert all(c == 200 and t < 1.5 for c, t in others), others
+    assert all(c == 200 for c, _ in others), others
+    # answered while the runaway render was still holding its worker
+    assert others_done < result["evil_done"], (others, took)
     # and the appliance still renders afterwards
     assert fetch(good_ks)[0] == 200

@@ -45,7 +45,8 @@ def _normal_render_is_prompt(sandbox: RenderSandbox) -> None:
     source, ctx, expected = NORMAL
     started = time.monotonic()
     assert sandbox.render_string(source, ctx) == expected
-    assert time.monotonic() - started < 0.5
+    # well under the runaway's time limit: it did not wait behind the runaway
+    assert time.monotonic() - started < LIMITS.seconds / 2
 
 
 def refused(sandbox: RenderSandbox, payload: str, match: str, context: dict | None = None) -> str:
