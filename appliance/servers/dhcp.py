@@ -131,21 +131,47 @@ def boot_options(machine: Machine, spec: BootSpec, config: Config,
     return filename, opts
 
 
-def _with_boot(reply: c.DhcpReply, req: c.DhcpRequest, ctx: DhcpContext) -> c.DhcpReply:
+@dataclass(frozen=True)
+class BootAnswer:
+    """What a boot client is sent to next: the policy's answer mapped to the wire."""
+
+    machine: Machine
+    spec: BootSpec
+    filename: str
+    options: list
+
+    @property
+    def note(self) -> str:
+        stage = "ipxe-script" if self.machine.ipxe else "loader"
+        what = "local" if self.spec.local else f"install {self.spec.profile}"
+        return f"{stage} {self.filename} ({what}, {self.machine.firmware.value})"
+
+
+def boot_answer(req: c.DhcpRequest, ctx) -> BootAnswer | None:
+    """Ask the policy about ``req``'s machine; ``None`` (logged) when it says nothing.
+
+    Shared by the full server and proxyDHCP, so both always send the same
+    machine to the same place.  ``ctx`` needs ``config`` and ``policy``.
+    """
     if not is_boot_client(req):
-        return reply
+        return None
     machine = machine_of(req, ctx)
     spec = ctx.policy.boot_spec(machine)
     if spec is None:
         log.info("%s no boot answer (arch %s, vendor %r, user class %r)", req.mac,
                  describe(req.arch), req.vendor_class, req.user_class)
-        return reply
+        return None
     filename, opts = boot_options(machine, spec, ctx.config, req.uuid)
-    reply.filename, reply.siaddr = filename, ctx.config.address
-    reply.options += opts
-    stage = "ipxe-script" if machine.ipxe else "loader"
-    what = "local" if spec.local else f"install {spec.profile}"
-    reply.note = f"{stage} {filename} ({what}, {machine.firmware.value})"
+    return BootAnswer(machine, spec, filename, opts)
+
+
+def _with_boot(reply: c.DhcpReply, req: c.DhcpRequest, ctx: DhcpContext) -> c.DhcpReply:
+    answer = boot_answer(req, ctx)
+    if answer is None:
+        return reply
+    reply.filename, reply.siaddr = answer.filename, ctx.config.address
+    reply.options += answer.options
+    reply.note = answer.note
     return reply
 
 

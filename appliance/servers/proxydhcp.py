@@ -47,12 +47,11 @@ from dataclasses import dataclass
 
 from scapy.layers.dhcp import BOOTP, DHCP
 
-from ..arch import describe
 from ..config import Config
 from ..events import EventLog
 from ..policy import BootPolicy
 from . import dhcp_codec as c
-from .dhcp import boot_options, is_boot_client, machine_of
+from .dhcp import boot_answer
 
 log = logging.getLogger("plowshare.dhcp")
 
@@ -126,23 +125,16 @@ def make_proxy_reply(req: c.DhcpRequest, ctx: ProxyContext, *, pxe_port: bool = 
     effects (no leases, no events).
     """
     kind = _wanted(req, ctx, pxe_port)
-    if kind is None or not is_boot_client(req):
+    if kind is None:
         return None
-    machine = machine_of(req, ctx)
-    spec = ctx.policy.boot_spec(machine)
-    if spec is None:
-        log.info("%s proxy: no boot answer (arch %s, vendor %r, user class %r)", req.mac,
-                 describe(req.arch), req.vendor_class, req.user_class)
+    answer = boot_answer(req, ctx)
+    if answer is None or not answer.filename:
         return None
-    filename, opts = boot_options(machine, spec, ctx.config, req.uuid)
-    if not filename:
-        return None
-    stage = "ipxe-script" if machine.ipxe else "loader"
-    what = "local" if spec.local else f"install {spec.profile}"
     return c.DhcpReply(kind, req, yiaddr="0.0.0.0", siaddr=ctx.config.address,
-                       filename=filename,
-                       options=proxy_options(opts, machine.http_client, boot_item),
-                       note=f"{stage} {filename} ({what}, {machine.firmware.value})")
+                       filename=answer.filename,
+                       options=proxy_options(answer.options, answer.machine.http_client,
+                                             boot_item),
+                       note=answer.note)
 
 
 def pxe_boot_item(payload: bytes) -> bytes | None:
