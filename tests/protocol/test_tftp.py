@@ -14,9 +14,17 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+
+try:
+    from tests.protocol.tftp_client import wait_for
+except ImportError:  # run as ``pytest`` without the repo on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tftp_client import wait_for
 
 from appliance.servers.tftp import TftpServer
 
@@ -87,15 +95,6 @@ def server(tree, events):
     srv = make_server(tree, events)
     yield srv
     srv.stop()
-
-
-def wait_for(cond, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 # --------------------------------------------------------------- raw client

@@ -138,15 +138,6 @@ def client(server):
     c.close()
 
 
-def wait_for(cond, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
 def start_oack(c: tc.Client, name: str, options) -> tc.Packet:
     """Send an RRQ with options, return the OACK (asserting it is one)."""
     c.send(tc.rrq(name, options=options))
@@ -834,7 +825,7 @@ def paced_send(sender: tc.Client, records: Records, packets, dest_for, budget: f
         sent += 1
         if sent % 512 == 0:
             sender.drain()
-    wait_for(lambda: records.processed - base >= sent, 5)
+    tc.wait_for(lambda: records.processed - base >= sent, 5)
     return sent
 
 

@@ -264,3 +264,13 @@ def get(server_addr, filename, options: OptionList = None, window: int | None = 
     finally:
         if own:
             c.close()
+
+
+def wait_for(cond, timeout=5.0) -> bool:
+    """Poll ``cond`` until it is true or ``timeout`` passes; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()

@@ -86,8 +86,13 @@ def test_explain_changes_nothing(state):
     after = json.loads(cli(state, "host", "show", MAC, "--json").stdout)
     assert after == before                                # token, netboot, lease untouched
     assert json.loads(cli(state, "events", MAC, "--json").stdout) == []
-    assert "local boot" in cli(state, "explain", "52:54:00:99:99:99").stdout or \
-        "no boot answer" in cli(state, "explain", "52:54:00:99:99:99").stdout
+    unknown = cli(state, "explain", "52:54:00:99:99:99").stdout  # dhcp.unknown = "ignore"
+    assert "host      unknown" in unknown and "no boot answer" in unknown
+    assert "--- iPXE script ---" not in unknown
+    cli(state, "host", "netboot", MAC, "off")
+    local = json.loads(cli(state, "explain", MAC, "--json").stdout)
+    assert local["decision"] == "local boot (netboot off)" and "kickstart" not in local
+    assert "sanboot" in local["ipxe_script"]
 
 
 @pytest.mark.skipif(not (DI_TREE / "debian-installer/amd64/linux").exists(),

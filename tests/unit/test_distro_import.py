@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance import distro_import
+from appliance import media as media_mod
 from appliance.distro_import import MediaError, cli_progress, detect, import_media
 
 pytestmark = pytest.mark.timeout(120)
@@ -146,7 +147,7 @@ def test_debian_entry_points(entry):
     assert media.root == (DI / "text").resolve()
     assert media.kernel == DI_KERNEL.resolve()
     assert media.initrd == DI_KERNEL.with_name("initrd.gz").resolve()
-    assert distro_import._sniff_arch(media.kernel) == "x86_64"
+    assert media_mod._sniff_arch(media.kernel) == "x86_64"
 
 
 @needs_di
