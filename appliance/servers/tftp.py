@@ -62,7 +62,8 @@ from .tftp_engine import (
     opcode_of,
     parse_request,
 )
-from .tftp_session import INF, Session, _Poller, raise_nofile, resource
+from .tftp_poll import SPIN_SECONDS, _Poller, raise_nofile, resource
+from .tftp_session import INF, Session
 
 log = logging.getLogger("plowshare.tftp")
 monotonic = time.monotonic
@@ -87,13 +88,17 @@ class TftpServer:
     ``stop()`` closes every socket and file and joins.  ``interface`` sets
     ``SO_BINDTODEVICE`` on the listener and every transfer socket.
     Beyond ``max_sessions`` concurrent transfers, requests get ERROR 0 "busy".
+    ``busy_poll``: seconds the loop busy-polls for the next ACK after
+    transfer traffic before it sleeps (see ``_Poller``; 0 turns it off).
     """
 
     def __init__(self, root: str, bind: tuple[str, int] = ("0.0.0.0", 69), *,
                  interface: str | None = None, generate: GenerateFn | None = None,
                  on_event: EventFn | None = None, timeout: float = 1.0,
-                 retries: int = 5, max_backoff: float = 8.0, max_sessions: int = 1000):
+                 retries: int = 5, max_backoff: float = 8.0, max_sessions: int = 1000,
+                 busy_poll: float = SPIN_SECONDS):
         self.root, self.bind, self.interface = str(root), bind, interface
+        self.busy_poll = busy_poll
         self.generate, self.on_event = generate, on_event
         self.timeout, self.retries, self.max_backoff = timeout, retries, max_backoff
         self.max_sessions = max_sessions
@@ -110,6 +115,7 @@ class TftpServer:
         self.now = time.monotonic()  # loop time, refreshed once per poll
         self.recv_buf = bytearray(RECV_SIZE)
         self.send_view = memoryview(bytearray(SEND_SIZE))
+        self.data_header = bytearray(4)  # DATA header for sendmsg, packed per block
 
     # ------------------------------------------------------------ lifecycle
 
@@ -159,7 +165,7 @@ class TftpServer:
         self._sock = self._new_socket(self.bind, reuse=True)
         with contextlib.suppress(OSError):  # room for a burst of RRQs (capped by rmem_max)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTEN_RCVBUF)
-        self._poller = _Poller()
+        self._poller = _Poller(self.busy_poll)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._poller.register(self._sock.fileno())
@@ -219,12 +225,14 @@ class TftpServer:
                 wait = max_wait
             elif wait < 0.0:
                 wait = 0.0
-        ready = self._poller.poll(wait, MAX_EVENTS)
+        poller = self._poller
+        ready = poller.wait(wait, MAX_EVENTS)
         self.now = now = monotonic()
         by_fd, buf = self._by_fd, self.recv_buf
         for fd, _ in ready:
             session = by_fd.get(fd)
             if session is not None:
+                poller.spin_armed = True  # transfer traffic: the next ACK is near
                 try:
                     session.on_readable(buf)
                 except Exception:  # noqa: BLE001 - logged by _failed

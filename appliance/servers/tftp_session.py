@@ -1,5 +1,4 @@
-"""One TFTP read transfer: the send window, ACK handling and retransmission
-(plus the loop's OS plumbing: the epoll wrapper and the descriptor limit).
+"""One TFTP read transfer: the send window, ACK handling and retransmission.
 
 Block numbers are tracked as absolute sequence numbers (``seq``; 0 is the
 OACK, 1 the first DATA) and only reduced mod 65536 on the wire, so rollover
@@ -33,19 +32,13 @@ after a backoff).  Foreign TIDs arrive on the session's unconnected socket
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import logging
 import os
-import select
 
 from . import tftp_engine as te
 from .tftp_engine import ACK_DATA, DATA_HEADER, Accept, encode_error, encode_oack, parse_error
 from .tftp_source import FileSource
-
-try:
-    import resource
-except ImportError:  # pragma: no cover - not on Linux
-    resource = None
 
 log = logging.getLogger("plowshare.tftp")
 
@@ -73,6 +66,7 @@ class Session:
         "fd",
         "filename",
         "full",
+        "hdr",
         "iov",
         "last",
         "payload",
@@ -81,6 +75,7 @@ class Session:
         "retries",
         "sbuf",
         "send",
+        "sendmsg",
         "sent",
         "server",
         "sock",
@@ -91,6 +86,7 @@ class Session:
         "tid_fd",
         "timeout",
         "timer_id",
+        "view",
         "ws",
     )
 
@@ -117,7 +113,9 @@ class Session:
         self.pread = self.src.pread_into
         self.iov = [self.payload]
         self.src_fd = self.src.fileno() if isinstance(self.src, FileSource) else -1
-        self.send, self.recv_into = conn.send, conn.recv_into
+        self.view = self.src.view()  # None: netascii, or a file we could not map
+        self.hdr = server.data_header  # shared: sendmsg copies before returning
+        self.send, self.sendmsg, self.recv_into = conn.send, conn.sendmsg, conn.recv_into
 
     # -------------------------------------------------------------- sending
 
@@ -137,7 +135,28 @@ class Session:
             log.debug("send to %s failed: %s", self.client, exc)
 
     def _send_block(self, seq: int) -> None:
-        """Read block ``seq`` into the shared buffer behind its header and send it."""
+        """Send block ``seq``: header + a slice of the source's view in one
+        ``sendmsg`` when there is a view, else read it into the shared buffer
+        behind its header and ``send`` that."""
+        view = self.view
+        if view is not None:
+            bs = self.blksize
+            off = (seq - 1) * bs
+            chunk = view[off:off + bs]
+            pack_into(self.hdr, 0, OP_DATA, seq & 0xFFFF)
+            if len(chunk) < bs:
+                self.last = min(self.last, seq)
+            try:
+                self.sendmsg((self.hdr, chunk))
+            except OSError as exc:
+                if exc.errno == errno.EFAULT:  # truncated in place: see FileSource
+                    chunk.release()  # the mapping cannot close while exported
+                    self._send_packet(encode_error(te.ERR_UNDEFINED, "file changed"))
+                    self.server._end(self, "tftp-error",
+                                     f"{self.acc.path!r} shrank while being sent")
+                    return
+                log.debug("send to %s failed: %s", self.client, exc)  # e.g. ENOBUFS:
+            return  # lost like any datagram, the timer resends the window
         if self.src_fd >= 0:  # a file: straight into the send buffer, no method call
             n = preadv(self.src_fd, self.iov, (seq - 1) * self.blksize)
         else:
@@ -159,8 +178,8 @@ class Session:
             self.started = True
             self.server._emit("tftp-start", self.client, self.acc.path)
         seq, end = self.sent + 1, self.base + self.ws
-        while seq < end and seq <= self.last:
-            self._send_block(seq)
+        while seq < end and seq <= self.last and self.sock is not None:
+            self._send_block(seq)  # (sock None: the transfer ended in there)
             self.sent = seq
             seq += 1
 
@@ -192,33 +211,38 @@ class Session:
         self.on_datagram(buf, n)
 
     def on_datagram(self, buf, n: int) -> None:
-        """One datagram of ``n`` bytes in ``buf`` from the client."""
-        if n >= 4:
-            op, block = unpack_from(buf)
-            if op == OP_ACK:
-                # Offset of the ACKed block past base-1, mod 65536: 1..outstanding
-                # is inside the window; 0 (a duplicate) and anything else is ignored.
-                base = self.base
-                d = (block - base + 1) & 0xFFFF
-                if 0 < d <= self.sent - base + 1:
-                    acked = base - 1 + d
-                    if acked >= self.last:
-                        return self.server._end(self, "tftp-done", None)
-                    self.base = acked + 1
-                    # acked < sent: the receiver lost acked+1, so that and the
-                    # rest are sent again as the new window (no-op at window end).
-                    self.sent = acked
-                    self.retries, self.timeout = 0, self.base_timeout
-                    self.deadline = self.server.now + self.base_timeout
-                    if self.deadline < self.armed_at:  # only after a backoff
-                        self.server._arm(self)
-                    if self.ws == 1 and self.started:  # lock-step: exactly one block
-                        self.sent = acked + 1
-                        self._send_block(acked + 1)
-                    else:
-                        self._fill()
-                return
-        self._other(buf, n)
+        """One datagram of ``n`` bytes in ``buf`` from the client.
+
+        The hot path of every transfer: kept to plain attribute arithmetic
+        (``bench/tftp_hotpath.py`` times it)."""
+        if n < 4:
+            return self._other(buf, n)
+        op, block = unpack_from(buf)
+        if op != OP_ACK:
+            return self._other(buf, n)
+        # Offset of the ACKed block past base-1, mod 65536: 1..outstanding is
+        # inside the window; 0 (a duplicate) and anything else is ignored.
+        base = self.base
+        d = (block - base + 1) & 0xFFFF
+        if not 0 < d <= self.sent - base + 1:
+            return
+        acked = base - 1 + d
+        if acked >= self.last:
+            return self.server._end(self, "tftp-done", None)
+        self.base = acked + 1
+        if self.retries:  # progress after a timeout: back to the base timeout
+            self.retries, self.timeout = 0, self.base_timeout
+        deadline = self.deadline = self.server.now + self.base_timeout
+        if deadline < self.armed_at:  # only after a backoff
+            self.server._arm(self)
+        if self.ws == 1 and self.started:  # lock-step: exactly one block
+            self.sent = acked + 1
+            self._send_block(acked + 1)
+        else:
+            # acked < sent: the receiver lost acked+1, so that and the rest
+            # are sent again as the new window (no-op at window end).
+            self.sent = acked
+            self._fill()
 
     def _foreign(self, buf, n: int, addr) -> None:
         if n < 2 or buf[0] != 0 or buf[1] != OP_ERROR:
@@ -257,6 +281,8 @@ class Session:
             self._send_packet(encode_oack(self.acc.options))
         else:
             for seq in range(self.base, self.sent + 1):
+                if self.sock is None:
+                    return
                 self._send_block(seq)
         self.deadline = self.server.now + self.timeout
 
@@ -274,49 +300,3 @@ class Session:
         end = self.sent * self.blksize
         size = self.src.size
         return min(end, size) if size is not None else end
-
-
-# ------------------------------------------------- OS plumbing for the loop
-
-
-class _Poller:
-    """epoll where available, else poll.
-
-    ``poll(seconds, maxevents)`` -> [(fd, events)]; ``maxevents`` bounds the
-    array CPython allocates per epoll call (default 1023); level-triggered
-    epoll reports the rest on the next call, in turn."""
-
-    def __init__(self):
-        if hasattr(select, "epoll"):
-            self._p = select.epoll()
-            self.poll = self._p.poll
-            self.IN = select.EPOLLIN
-        else:  # pragma: no cover - not on Linux
-            self._p = select.poll()
-            self.poll = lambda t, maxevents=-1: self._p.poll(t * 1000.0)
-            self.IN = select.POLLIN
-
-    def register(self, fd: int) -> None:
-        self._p.register(fd, self.IN)
-
-    def unregister(self, fd: int) -> None:
-        self._p.unregister(fd)
-
-    def close(self) -> None:
-        with contextlib.suppress(AttributeError):
-            self._p.close()
-
-
-def raise_nofile(needed: int) -> tuple[int, int] | None:
-    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit if below ``needed``.
-
-    Returns (old, new) when it changed something, else None."""
-    if resource is None:
-        return None
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        new = hard if hard != resource.RLIM_INFINITY else needed
-        if new > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-            return soft, new
-    return None

@@ -787,3 +787,34 @@ def test_nofile_limit_raised_for_max_sessions():
     if int(hard) >= 1000 * 3 + 64:  # FDS_PER_SESSION, FDS_SPARE
         assert int(soft) == int(hard)
         assert b"RLIMIT_NOFILE soft limit raised from 256" in r.stderr
+
+
+def test_file_truncated_in_place_ends_transfer(tmp_path, events):
+    """A file truncated while it is sent (the mapping then points past EOF):
+    the client gets ERROR 0 instead of a silently short file, the session
+    ends, and the server goes on serving."""
+    root = tmp_path / "root"
+    root.mkdir()
+    victim = root / "shrinks.bin"
+    victim.write_bytes(random.Random(7).randbytes(BIG))
+    (root / "small.txt").write_bytes(b"still here\n")
+    srv = make_server(root, events)
+    try:
+        c = Raw(srv)
+        c.send(rrq("shrinks.bin", blksize=1024))
+        got = c.recv()
+        assert got[0] == 6  # OACK
+        tid = got[3]
+        c.send(ack(0), tid)
+        assert c.recv()[:2] == (3, 1)
+        os.truncate(victim, 0)
+        c.send(ack(1), tid)
+        op, code, msg, _ = c.recv()
+        assert (op, code, msg) == (5, 0, b"file changed\x00")
+        c.close()
+        assert wait_for(lambda: ("tftp-error", "shrinks.bin") in events, 5)
+        assert srv.sessions == 0
+        data, _ = raw_get(srv, "small.txt")
+        assert data == b"still here\n"
+    finally:
+        srv.stop()

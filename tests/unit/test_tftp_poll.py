@@ -1,0 +1,101 @@
+"""The TFTP loop's poller: busy polling after transfer traffic, and its backoff."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from appliance.servers import tftp_poll
+from appliance.servers.tftp_poll import SPIN_MISS_LIMIT, _Poller
+
+
+class CountingPoller(_Poller):
+    """The real epoll poller, counting the calls that reach it."""
+
+    def __init__(self, spin_seconds):
+        super().__init__(spin_seconds)
+        self.calls, real = [], self.poll
+
+        def poll(seconds, maxevents=-1):
+            self.calls.append(seconds)
+            return real(seconds, maxevents)
+
+        self.poll = poll
+
+
+@pytest.fixture()
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_unarmed_wait_is_one_plain_poll(pair):
+    p = CountingPoller(0.01)
+    p.register(pair[0].fileno())
+    assert p.wait(0.0, 8) == []
+    assert p.calls == [0.0]
+
+
+def test_armed_wait_returns_what_is_ready_without_sleeping(pair):
+    p = CountingPoller(0.01)
+    p.register(pair[0].fileno())
+    pair[1].send(b"ack")
+    p.spin_armed = True
+    ready = p.wait(5.0, 8)  # would block 5 s if it slept
+    assert [fd for fd, _ in ready] == [pair[0].fileno()]
+    assert p.calls == [0.0]  # found by the first zero-timeout poll
+    assert not p.spin_armed  # one spin per arming
+
+
+def test_armed_wait_spins_then_sleeps(pair):
+    p = CountingPoller(0.002)
+    p.register(pair[0].fileno())
+    p.spin_armed = True
+    assert p.wait(0.0, 8) == []
+    assert len(p.calls) >= 2 and all(s == 0.0 for s in p.calls)
+
+
+def test_spinning_pauses_after_repeated_misses(pair, monkeypatch):
+    p = CountingPoller(0.0005)
+    p.register(pair[0].fileno())
+    for _ in range(SPIN_MISS_LIMIT):
+        p.spin_armed = True
+        p.wait(0.0, 8)
+    p.calls.clear()
+    p.spin_armed = True
+    p.wait(0.0, 8)
+    assert p.calls == [0.0]  # backed off: straight to the plain poll
+    # after the backoff period it spins again
+    real = tftp_poll.monotonic
+    monkeypatch.setattr(tftp_poll, "monotonic", lambda: real() + tftp_poll.SPIN_BACKOFF + 1)
+    p.calls.clear()
+    p.spin_armed = True
+    p.wait(0.0, 8)
+    assert len(p.calls) >= 2
+
+
+def test_a_hit_resets_the_miss_count(pair):
+    p = CountingPoller(0.0005)
+    p.register(pair[0].fileno())
+    for _ in range(SPIN_MISS_LIMIT - 1):
+        p.spin_armed = True
+        p.wait(0.0, 8)
+    pair[1].send(b"ack")
+    p.spin_armed = True
+    assert p.wait(0.0, 8)
+    pair[0].recv(16)
+    p.spin_armed = True
+    p.calls.clear()
+    p.wait(0.0, 8)  # one miss, not the limit: still spinning
+    assert len(p.calls) >= 2
+
+
+def test_zero_budget_never_spins(pair):
+    p = CountingPoller(0.0)
+    p.register(pair[0].fileno())
+    p.spin_armed = True
+    p.wait(0.0, 8)
+    assert p.calls == [0.0]
