@@ -31,9 +31,11 @@ Example file::
     network = "10.1.0.0/24"
     pools = ["10.1.0.100-10.1.0.150", "10.1.0.200-10.1.0.220"]
     lease_time = 7200           # optional; max_lease_time too
-    options = { routers = ["10.1.0.254"], "domain-name-servers" = ["10.0.0.1"],
-                "interface-mtu" = 1400,
-                "classless-static-routes" = ["10.5.0.0/16 10.1.0.254"] }
+    [dhcp.subnet.options]       # this subnet's options (over [dhcp] options)
+    routers = ["10.1.0.254"]
+    domain-name-servers = ["10.0.0.1"]
+    interface-mtu = 1400
+    classless-static-routes = ["10.5.0.0/16 10.1.0.254", "0.0.0.0/0 10.1.0.254"]
 
 The ``[dhcp]`` keys ``pool``, ``prefix``, ``router``, ``dns``, ``domain``
 describe the subnet of ``[server] address`` (the served interface).  A
