@@ -6,6 +6,15 @@ supervision loop used by ``plowshare serve``: a server whose thread died is
 logged and restarted (at most ``MAX_RESTARTS`` times), after which the
 process stops with a non-zero exit.  SIGTERM and SIGINT stop everything
 cleanly.
+
+SIGHUP reloads the configuration through the ``config_loader`` given at
+construction (``plowshare serve`` re-reads its ``--config`` file with the
+same flags): the DHCP subnets, pools, options, lease times, relays and the
+boot policy's settings take effect for the next packet; sockets, leases and
+the group committer are untouched.  A reload that fails to parse, whose
+subnets clash with the store's, or that changes what only a restart can
+apply (:data:`RESTART_FIELDS`) is logged with its reason and the running
+configuration stays.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ import threading
 
 from .bootfiles import BootFiles
 from .bootscripts import BootScripts
-from .config import Config
+from .config import Config, ConfigError
 from .events import EventLog
 from .kickstart import Renderer
 from .leases import Allocator
@@ -29,11 +38,24 @@ log = logging.getLogger("plowshare.app")
 
 MAX_RESTARTS = 5
 SUPERVISE_SECONDS = 1.0
+# what a SIGHUP cannot change without new sockets or a new state directory
+RESTART_FIELDS = ("interface", "address", "state_dir", "netboot_dir", "http_port",
+                  "http_bind", "tftp_port", "tftp_bind", "router_advertisements")
+DHCP_RESTART_FIELDS = ("enabled", "mode", "server_port", "client_port", "pxe_port")
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Names of the settings that differ and only a restart applies."""
+    changed = [f for f in RESTART_FIELDS if getattr(old, f) != getattr(new, f)]
+    return changed + [f"dhcp.{f}" for f in DHCP_RESTART_FIELDS
+                      if getattr(old.dhcp, f) != getattr(new.dhcp, f)]
 
 
 class Appliance:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, config_loader=None):
         self.config = config
+        self.config_loader = config_loader  # () -> Config, for SIGHUP
+        self._reload = threading.Event()
         self.store = Store(config.db_path)
         self.events = EventLog(self.store)
         self.sandbox = RenderSandbox(Limits(seconds=config.render_seconds,
@@ -137,13 +159,56 @@ class Appliance:
                 log.exception("%s restart failed", name)
         return True
 
+    def reload(self, new: Config | None = None) -> bool:
+        """Apply ``new`` (default: what ``config_loader`` reads now); see module doc.
+
+        Returns whether it was applied; every refusal is one log line with
+        its reason.
+        """
+        try:
+            new = new if new is not None else self.config_loader()
+        except (ConfigError, OSError) as exc:
+            log.error("reload refused, configuration unchanged: %s", exc)
+            return False
+        blocked = restart_needed(self.config, new)
+        if blocked:
+            log.error("reload refused, configuration unchanged: %s need a restart",
+                      ", ".join(blocked))
+            return False
+        dhcp = self.servers.get("dhcp")
+        ctx = getattr(dhcp, "ctx", None)
+        table = None
+        if ctx is not None and hasattr(ctx, "table"):
+            from .subnets import SubnetTable
+            table = SubnetTable(new, self.store)
+            try:
+                table.refresh()
+            except ConfigError as exc:
+                log.error("reload refused, configuration unchanged: %s", exc)
+                return False
+        self.config = new
+        self.policy.config = new
+        self.allocator.dhcp = new.dhcp
+        if ctx is not None:
+            ctx.config = new
+        if table is not None:
+            ctx.subnets = table
+        log.info("configuration reloaded (%d subnets)",
+                 len(table.subnets()) if table is not None else 0)
+        return True
+
     def run(self) -> int:
         """``plowshare serve``: start, supervise until a signal, stop."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stopping.set())
+        if self.config_loader is not None:
+            signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         self.start()
         code = 0
         while not self._stopping.wait(SUPERVISE_SECONDS):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
             if not self.supervise_once():
                 code = 1
                 break

@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from . import dhcp_options
+from .cli_subnets import cmd_subnet
 from .config import Config, ConfigError, load_config
 from .model import Distro, Host, Profile, norm_mac
 from .store import Store, StoreError
@@ -50,6 +52,8 @@ def _host_parser(sub) -> None:
     ha.add_argument("--name")
     ha.add_argument("--ip")
     ha.add_argument("--no-netboot", action="store_true")
+    ha.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                    help="DHCP option for this host only, by ISC name (repeatable)")
     _add_var_flag(ha)
     h.add_parser("list")
     hs = h.add_parser("show")
@@ -102,8 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_var_flag(pa)
 
     _host_parser(sub)
+    from .cli_subnets import add_parser as add_subnet_parser
     from .cli_templates import add_parsers
     add_parsers(sub)
+    add_subnet_parser(sub)
 
     e = sub.add_parser("events", help="a machine's boot timeline")
     e.add_argument("mac")
@@ -152,8 +158,10 @@ def _cmd_distro(store: Store, cfg: Config, args) -> int:
 
 def _cmd_host(store: Store, cfg: Config, args) -> int:
     if args.action == "add":
+        options = dict(dhcp_options.parse_assignment(text) for text in args.option)
         host = Host(mac=norm_mac(args.mac), profile=args.profile, name=args.name,
-                    ip=args.ip, netboot=not args.no_netboot, variables=dict(args.var))
+                    ip=args.ip, netboot=not args.no_netboot, variables=dict(args.var),
+                    options=options)
         store.add_host(host, cfg.token_ttl)
         print(f"host {host.mac} added (netboot {'off' if args.no_netboot else 'on'})")
     elif args.action == "list":
@@ -196,16 +204,18 @@ def _cmd_profile(store: Store, cfg: Config, args) -> int:
     return 0
 
 
-def _serve(cfg: Config, verbose: bool) -> int:
+def _serve(cfg: Config, args) -> int:
     from .app import Appliance
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return Appliance(cfg).run()
+    # SIGHUP re-reads the same file with the same flags
+    return Appliance(cfg, config_loader=lambda: _config(args)).run()
 
 
 COMMANDS = {"distro": _cmd_distro, "profile": _cmd_profile, "host": _cmd_host,
-            "events": _cmd_events}
+            "events": _cmd_events, "subnet": cmd_subnet}
 
 
 def _with_appliance(cfg: Config, args) -> int:
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _config(args)
         if args.cmd == "serve":
-            return _serve(cfg, args.verbose)
+            return _serve(cfg, args)
         if args.cmd in ("template", "explain"):
             return _with_appliance(cfg, args)
         store = Store(cfg.db_path).open()

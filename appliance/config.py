@@ -23,6 +23,24 @@ Example file::
                                 # addresses, Plowshare only answers PXE/iPXE
                                 # clients with boot information (67 and 4011)
     arch_overrides = { 9 = "efi-x64" }
+    max_lease_time = 86400      # a client's option-51 request is clamped to this
+    relays = ["10.1.0.254"]     # relay agents whose option 82 is trusted (RFC 3046)
+    options = { "ntp-servers" = ["10.0.0.1"] }   # global: every subnet, lowest layer
+
+    [[dhcp.subnet]]             # more subnets, reached through relays (giaddr)
+    network = "10.1.0.0/24"
+    pools = ["10.1.0.100-10.1.0.150", "10.1.0.200-10.1.0.220"]
+    lease_time = 7200           # optional; max_lease_time too
+    [dhcp.subnet.options]       # this subnet's options (over [dhcp] options)
+    routers = ["10.1.0.254"]
+    domain-name-servers = ["10.0.0.1"]
+    interface-mtu = 1400
+    classless-static-routes = ["10.5.0.0/16 10.1.0.254", "0.0.0.0/0 10.1.0.254"]
+
+The ``[dhcp]`` keys ``pool``, ``prefix``, ``router``, ``dns``, ``domain``
+describe the subnet of ``[server] address`` (the served interface).  A
+``[[dhcp.subnet]]`` may describe that subnet instead, but not both at once.
+Option names are ISC's (:mod:`appliance.dhcp_options`).
 
     [variables]                 # global template variables (lowest layer)
     timezone = "Europe/Berlin"
@@ -33,11 +51,13 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model import Firmware
+from . import dhcp_options
+from .model import Firmware, Subnet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DHCP_MODES = ("server", "proxy")
@@ -65,6 +85,15 @@ class DhcpConfig:
     client_port: int = 68
     mode: str = "server"  # "server" (hands out addresses) | "proxy" (boot info only)
     pxe_port: int = 4011  # proxy mode: PXE boot server / ProxyDHCP REQUEST port
+    max_lease_time: int = 86400
+    relays: tuple[str, ...] = ()  # trusted relay agents (giaddr) for option 82
+    options: dict = field(default_factory=dict, hash=False)  # global DHCP options
+    subnets: tuple[Subnet, ...] = ()  # [[dhcp.subnet]] tables, besides the served one
+
+    @property
+    def served_keys(self) -> bool:
+        """Whether the legacy keys describe the served subnet."""
+        return bool(self.pool_first or self.router or self.dns or self.domain)
 
 
 @dataclass(frozen=True)
@@ -125,8 +154,90 @@ def _firmware_overrides(raw: dict) -> dict[int, Firmware]:
     return out
 
 
+def _seconds(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{what}: expected a positive number of seconds, got {value!r}")
+    return value
+
+
+def _pools_in(network: ipaddress.IPv4Network, texts, where: str) -> tuple:
+    if isinstance(texts, str) or not isinstance(texts, list):
+        raise ConfigError(f"{where}: pools must be a list of \"FIRST-LAST\"")
+    pools = sorted((parse_pool(t) for t in texts),
+                   key=lambda p: ipaddress.IPv4Address(p[0]))
+    for first, last in pools:
+        if ipaddress.IPv4Address(first) not in network or \
+                ipaddress.IPv4Address(last) not in network:
+            raise ConfigError(f"{where}: pool {first}-{last} is not inside {network}")
+    for (_a, last), (first, _b) in itertools.pairwise(pools):
+        if ipaddress.IPv4Address(first) <= ipaddress.IPv4Address(last):
+            raise ConfigError(f"{where}: pools overlap at {first}")
+    return tuple(pools)
+
+
+SUBNET_KEYS = {"network", "pools", "options", "lease_time", "max_lease_time"}
+
+
+def subnet_from(raw: dict, where: str, source: str = "config") -> Subnet:
+    """A validated :class:`Subnet` from a ``[[dhcp.subnet]]``-shaped table.
+
+    Also what the store and the CLI use, so every subnet obeys one set of
+    rules.  Raises :class:`ConfigError` naming ``where``.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    unknown = set(raw) - SUBNET_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    try:
+        network = ipaddress.IPv4Network(str(raw["network"]), strict=True)
+    except KeyError:
+        raise ConfigError(f"{where}: network is required (e.g. \"10.1.0.0/24\")") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: network: {exc}") from None
+    where = f"{where} {network}"
+    pools = _pools_in(network, raw.get("pools", []), where)
+    try:
+        options = dhcp_options.parse_table(raw.get("options", {}), where)
+    except dhcp_options.OptionError as exc:
+        raise ConfigError(str(exc)) from None
+    lease = raw.get("lease_time")
+    most = raw.get("max_lease_time")
+    lease = None if lease is None else _seconds(lease, f"{where}: lease_time")
+    most = None if most is None else _seconds(most, f"{where}: max_lease_time")
+    if lease and most and lease > most:
+        raise ConfigError(f"{where}: lease_time {lease} exceeds max_lease_time {most}")
+    return Subnet(str(network), pools, options, lease, most, source)
+
+
+def check_subnets(subnets) -> None:
+    """No two subnets may overlap (the same network twice included)."""
+    nets = sorted(((ipaddress.IPv4Network(s.network), s) for s in subnets),
+                  key=lambda p: (p[0].network_address, p[0].prefixlen))
+    for (a, sa), (b, sb) in itertools.pairwise(nets):
+        if a.overlaps(b):
+            raise ConfigError(f"subnet {b} ({sb.source}) overlaps subnet {a} ({sa.source}); "
+                              f"define each network once")
+
+
 def _dhcp_from(raw: dict) -> DhcpConfig:
     kwargs = dict(raw)
+    subnets = kwargs.pop("subnet", [])
+    if not isinstance(subnets, list):
+        raise ConfigError("dhcp.subnet: use [[dhcp.subnet]] tables")
+    kwargs["subnets"] = tuple(subnet_from(t, f"[[dhcp.subnet]] #{i + 1}")
+                              for i, t in enumerate(subnets))
+    check_subnets(kwargs["subnets"])
+    if "options" in kwargs:
+        try:
+            kwargs["options"] = dhcp_options.parse_table(kwargs["options"], "dhcp.options")
+        except dhcp_options.OptionError as exc:
+            raise ConfigError(str(exc)) from None
+    if "relays" in kwargs:
+        kwargs["relays"] = tuple(_ip(r, "dhcp.relays") for r in kwargs["relays"])
+    for key in ("lease_time", "max_lease_time"):
+        if key in kwargs:
+            kwargs[key] = _seconds(kwargs[key], f"dhcp.{key}")
     if "pool" in kwargs:
         kwargs["pool_first"], kwargs["pool_last"] = parse_pool(kwargs.pop("pool"))
     if "dns" in kwargs:
@@ -182,4 +293,17 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
         server["address"] = _ip(server["address"], "address")
     server["dhcp"] = _dhcp_from(dhcp_raw)
     server["variables"] = dict(variables)
-    return _build(Config, server, "server")
+    config = _build(Config, server, "server")
+    _check_served(config)
+    return config
+
+
+def _check_served(config: Config) -> None:
+    """The served subnet is described once: by the [dhcp] keys or by a table."""
+    d = config.dhcp
+    here = ipaddress.IPv4Address(config.address)
+    for subnet in d.subnets:
+        if here in ipaddress.IPv4Network(subnet.network) and d.served_keys:
+            raise ConfigError(f"[[dhcp.subnet]] {subnet.network} holds the server address "
+                              f"{config.address}, which [dhcp] pool/router/dns/domain "
+                              f"already describe: use one or the other")

@@ -1,12 +1,20 @@
 """Address allocation: which IP a MAC gets, offered and then bound.
 
-The order of preference (what ISC dhcpd and dnsmasq users expect):
+Every call names the :class:`~appliance.model.Subnet` the request belongs
+to (default: the one ``[dhcp] pool`` describes); its pools are its ranges,
+taken in address order as one sequence.  The order of preference (what ISC
+dhcpd and dnsmasq users expect):
 
-1. the host's reservation (``hosts.ip``), even outside the pool;
+1. the host's reservation (``hosts.ip``), even outside the pools, **if it is
+   inside the request's subnet**; otherwise the reservation is ignored for
+   this request and the host is treated like any client of that subnet
+   (ISC: a fixed-address not valid on the client's network segment does
+   not apply there);
 2. the address this MAC already holds (renewal, or a restart of the server);
-3. the address the client asked for (option 50), if it is in the pool and free;
-4. the next free address of the pool after the last one handed out, wrapping
-   at the end (next fit, as Kea's iterative allocator): each probe is one
+3. the address the client asked for (option 50), if it is in a pool and free;
+4. the next free address of the pools after the last one handed out in this
+   subnet, wrapping at the end of the last range to the start of the first
+   (next fit, as Kea's iterative allocator): each probe is one
    indexed lookup, so a new client costs O(1) however many leases exist.
    Only when :data:`PROBE_LIMIT` probes in a row find nothing free (a nearly
    full pool) is the whole busy map read once to find a free address or
@@ -38,7 +46,7 @@ import time
 
 from .config import DhcpConfig
 from .groupcommit import BUSY_STATES, GroupCommitter, Ticket
-from .model import Lease
+from .model import Lease, Subnet
 from .store import Store
 
 log = logging.getLogger("plowshare.dhcp")
@@ -51,6 +59,39 @@ def _ip(n: int) -> str:
     return socket.inet_ntoa(struct.pack("!I", n))
 
 
+def _num(ip: str) -> int | None:
+    try:
+        return struct.unpack("!I", socket.inet_aton(ip))[0]
+    except OSError:
+        return None
+
+
+class Pools:
+    """A subnet's ranges as one ordered sequence of integers (next-fit walks it)."""
+
+    def __init__(self, subnet: Subnet):
+        self.network = ipaddress.IPv4Network(subnet.network)
+        self.ranges = [(int(ipaddress.IPv4Address(a)), int(ipaddress.IPv4Address(b)))
+                       for a, b in sorted(subnet.pools, key=lambda p: _num(p[0]))]
+        self.size = sum(b - a + 1 for a, b in self.ranges)
+
+    def __contains__(self, n: int | None) -> bool:
+        return n is not None and any(a <= n <= b for a, b in self.ranges)
+
+    def after(self, n: int) -> int:
+        """The pool address following ``n`` (wrapping); ``n`` must be in a pool."""
+        for i, (a, b) in enumerate(self.ranges):
+            if a <= n < b:
+                return n + 1
+            if n == b:
+                return self.ranges[(i + 1) % len(self.ranges)][0]
+        return self.ranges[0][0]
+
+    def all(self):
+        for a, b in self.ranges:
+            yield from range(a, b + 1)
+
+
 class Allocator:
     def __init__(self, store: Store, dhcp: DhcpConfig, server_ip: str, clock=time.time,
                  writer: GroupCommitter | None = None):
@@ -59,26 +100,45 @@ class Allocator:
         self.server_ip = server_ip
         self.clock = clock
         self.writer = writer
-        self._next: int | None = None  # next-fit position (a hint)
+        self._next: dict[str, int] = {}  # next-fit position per subnet (a hint)
+        self._pools: dict[Subnet, Pools] = {}
+        self._default: tuple[DhcpConfig, Subnet] | None = None
 
     @property
     def view(self):
         """Where leases are read: the writer's pending view, else the store."""
         return self.writer if self.writer is not None else self.store
 
-    def _pool_range(self) -> tuple[int, int] | None:
-        if not self.dhcp.pool_first or not self.dhcp.pool_last:
-            return None
-        return (int(ipaddress.IPv4Address(self.dhcp.pool_first)),
-                int(ipaddress.IPv4Address(self.dhcp.pool_last)))
+    def default_subnet(self) -> Subnet:
+        """The subnet ``[dhcp] pool`` alone describes (callers without a table)."""
+        d = self.dhcp
+        if self._default is None or self._default[0] is not d:
+            pools = ((d.pool_first, d.pool_last),) if d.pool_first and d.pool_last else ()
+            net = ipaddress.IPv4Network(f"{self.server_ip}/{d.prefix}", strict=False)
+            self._default = (d, Subnet(str(net), pools))
+        return self._default[1]
 
-    def in_pool(self, ip: str) -> bool:
-        bounds = self._pool_range()
-        try:
-            n = struct.unpack("!I", socket.inet_aton(ip))[0]
-        except OSError:
-            return False
-        return bounds is not None and bounds[0] <= n <= bounds[1]
+    def pools(self, subnet: Subnet | None) -> Pools:
+        subnet = subnet or self.default_subnet()
+        found = self._pools.get(subnet)
+        if found is None:
+            if len(self._pools) > 1024:  # reloads and store edits make new subnets
+                self._pools.clear()
+            found = self._pools[subnet] = Pools(subnet)
+        return found
+
+    def in_pool(self, ip: str, subnet: Subnet | None = None) -> bool:
+        return _num(ip) in self.pools(subnet)
+
+    def reservation(self, host, subnet: Subnet | None) -> str | None:
+        """The host's reserved address if it applies in ``subnet`` (see module doc)."""
+        if host is None or not host.ip:
+            return None
+        if ipaddress.IPv4Address(host.ip) not in self.pools(subnet).network:
+            log.info("%s reservation %s is outside subnet %s: not used here", host.mac,
+                     host.ip, (subnet or self.default_subnet()).network)
+            return None
+        return host.ip
 
     def _allowed(self, mac: str | None, ip: str, now: float) -> bool:
         """``ip`` is not the server's and nobody but ``mac`` holds or reserves it."""
@@ -91,42 +151,44 @@ class Allocator:
         host = self.store.host_by_ip(ip)
         return host is None or host.mac == mac
 
-    def _next_free(self, now: float) -> str | None:
-        bounds = self._pool_range()
-        if bounds is None:
+    def _next_free(self, pools: Pools, now: float) -> str | None:
+        if not pools.ranges:
             return None
-        first, last = bounds
-        n = self._next if self._next is not None and first <= self._next <= last else first
-        for _probe in range(min(PROBE_LIMIT, last - first + 1)):
+        key = str(pools.network)
+        n = self._next.get(key)
+        n = n if n in pools else pools.ranges[0][0]
+        for _probe in range(min(PROBE_LIMIT, pools.size)):
             if self._allowed(None, _ip(n), now):
-                self._next = n + 1
+                self._next[key] = pools.after(n)
                 return _ip(n)
-            n = n + 1 if n < last else first
+            n = pools.after(n)
         busy = self.view.busy_ips(now)  # nearly full: one full read decides
-        for n in range(first, last + 1):
+        for n in pools.all():
             ip = _ip(n)
             if ip not in busy and ip != self.server_ip:
-                self._next = n + 1
+                self._next[key] = pools.after(n)
                 return ip
         return None
 
-    def candidate(self, mac: str, requested: str | None, host=False) -> str | None:
-        """The address this MAC should be offered now, or ``None`` (pool exhausted).
+    def candidate(self, mac: str, requested: str | None, host=False,
+                  subnet: Subnet | None = None) -> str | None:
+        """The address this MAC should be offered now, or ``None`` (pools exhausted).
 
         ``host`` is the caller's lookup of ``store.host(mac)`` for this
         request (``False``: look it up here).
         """
         host = self.store.host(mac) if host is False else host
-        if host is not None and host.ip:
-            return host.ip
-        now = self.clock()
+        reserved = self.reservation(host, subnet)
+        if reserved:
+            return reserved
+        pools, now = self.pools(subnet), self.clock()
         held = self.view.lease_for_mac(mac)
-        if held and held.state != "declined" and self.in_pool(held.ip) \
+        if held and held.state != "declined" and _num(held.ip) in pools \
                 and self._allowed(mac, held.ip, now):
             return held.ip
-        if requested and self.in_pool(requested) and self._allowed(mac, requested, now):
+        if requested and _num(requested) in pools and self._allowed(mac, requested, now):
             return requested
-        return self._next_free(now)
+        return self._next_free(pools, now)
 
     def _put(self, lease: Lease, check_free_at: float | None) -> Ticket | None:
         """Decide-and-write atomically; ``None`` when refused."""
@@ -138,13 +200,13 @@ class Allocator:
         return ticket
 
     def offer(self, mac: str, requested: str | None, hostname: str | None = None,
-              host=False) -> str | None:
-        """Pick and hold an address for ``mac``; ``None`` means exhausted.
+              host=False, subnet: Subnet | None = None) -> str | None:
+        """Pick and hold an address for ``mac`` in ``subnet``; ``None``: exhausted.
 
         The hold is queued, not awaited: an OFFER promises nothing durable.
         """
         for _attempt in range(3):  # a racing writer may take our pick; pick again
-            ip = self.candidate(mac, requested, host)
+            ip = self.candidate(mac, requested, host, subnet)
             if ip is None:
                 log.warning("%s pool exhausted, no offer", mac)
                 return None
@@ -159,22 +221,24 @@ class Allocator:
         return None
 
     def bind_async(self, mac: str, ip: str, hostname: str | None = None,
-                   host=False) -> tuple[Lease, Ticket] | None:
+                   host=False, subnet: Subnet | None = None,
+                   lease_time: int | None = None) -> tuple[Lease, Ticket] | None:
         """Queue the binding of ``ip`` to ``mac``; ``None`` means NAK (not theirs).
 
-        The returned ticket is done once the lease is durable; an ACK for it
-        must not leave before then (see :meth:`Ticket.then`).
+        ``lease_time`` defaults to ``[dhcp] lease_time``.  The returned ticket
+        is done once the lease is durable; an ACK for it must not leave
+        before then (see :meth:`Ticket.then`).
         """
         host = self.store.host(mac) if host is False else host
-        reserved = host is not None and host.ip == ip
-        if not reserved and (host is not None and host.ip):
-            return None  # the host has another reservation
-        if not reserved and not self.in_pool(ip):
+        reserved = self.reservation(host, subnet)
+        if reserved is not None and reserved != ip:
+            return None  # the host has another reservation in this subnet
+        if reserved is None and not self.in_pool(ip, subnet):
             return None
         if ip == self.server_ip:
             return None
         now = self.clock()
-        lease = Lease(mac, ip, now + self.dhcp.lease_time, "bound", hostname)
+        lease = Lease(mac, ip, now + (lease_time or self.dhcp.lease_time), "bound", hostname)
         ticket = self._put(lease, check_free_at=now)
         return None if ticket is None else (lease, ticket)
 

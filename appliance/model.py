@@ -63,7 +63,9 @@ class Machine:
     (``None`` when absent); ``firmware`` is its family after the config's
     override map.  ``interface`` is where the request entered the appliance
     (the only trustworthy hint about which network it belongs to); ``relay``
-    is the giaddr of a DHCP relay, if any.
+    is the giaddr of a DHCP relay, if any; ``circuit_id`` / ``remote_id``
+    are that relay's option-82 sub-options, set only when the relay is one
+    the config trusts (opaque bytes: switches put port names or binary ids).
     """
 
     mac: str
@@ -75,6 +77,8 @@ class Machine:
     interface: str | None = None
     relay: str | None = None
     http_client: bool = False
+    circuit_id: bytes | None = None  # option 82.1 (RFC 3046), only from a trusted relay
+    remote_id: bytes | None = None   # option 82.2 (RFC 3046), only from a trusted relay
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,9 @@ class Host:
 
     ``netboot`` is the netboot-once flag: on means the next boot installs;
     a valid completion callback turns it off.  ``token`` is the secret of the
-    current install (``None`` when netboot is off).
+    current install (``None`` when netboot is off).  ``options`` are DHCP
+    options for this host only (ISC name -> canonical value, see
+    :mod:`appliance.dhcp_options`), laid over its subnet's.
     """
 
     mac: str
@@ -123,6 +129,27 @@ class Host:
     netboot: bool = True
     token: str | None = None
     variables: dict = field(default_factory=dict, hash=False, compare=False)
+    options: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Subnet:
+    """One IPv4 subnet the DHCP server hands addresses out in.
+
+    ``network`` is canonical CIDR text (``10.1.0.0/24``); ``pools`` are
+    inclusive ``(first, last)`` ranges inside it (none: reservations only);
+    ``options`` maps ISC option names to canonical values
+    (:mod:`appliance.dhcp_options`).  ``lease_time`` / ``max_lease_time``
+    ``None`` mean the ``[dhcp]`` defaults.  ``source`` is ``"config"`` or
+    ``"store"`` (where it was defined; both at once is a config error).
+    """
+
+    network: str
+    pools: tuple[tuple[str, str], ...] = ()
+    options: dict = field(default_factory=dict, hash=False)
+    lease_time: int | None = None
+    max_lease_time: int | None = None
+    source: str = "config"
 
 
 @dataclass(frozen=True)

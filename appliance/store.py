@@ -29,8 +29,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .model import Distro, Event, Host, Lease, Profile, TemplateVersion
+from .store_subnets import SUBNETS_SCHEMA, SubnetRows
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS templates (
 CREATE TABLE IF NOT EXISTS hosts (
     mac TEXT PRIMARY KEY, name TEXT, ip TEXT UNIQUE,
     profile TEXT REFERENCES profiles(name), netboot INTEGER NOT NULL,
-    token TEXT UNIQUE, token_expires REAL, variables TEXT NOT NULL DEFAULT '{}');
+    token TEXT UNIQUE, token_expires REAL, variables TEXT NOT NULL DEFAULT '{}',
+    options TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS leases (
     ip TEXT PRIMARY KEY, mac TEXT NOT NULL, expires REAL NOT NULL,
     state TEXT NOT NULL, hostname TEXT);
@@ -56,14 +58,14 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, mac TEXT NOT NULL,
     kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
-"""
+""" + SUBNETS_SCHEMA
 
 
 class StoreError(ValueError):
     """A write was refused (unknown reference, duplicate, bad value)."""
 
 
-class Store:
+class Store(SubnetRows):
     """Typed access to the state database.  ``open()`` does the I/O."""
 
     def __init__(self, path: Path | str):
@@ -95,11 +97,13 @@ class Store:
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
-        """Schema 1 -> 2: variables on distros and profiles."""
-        for table in ("distros", "profiles"):
+        """Schema 1 -> 2: variables on distros and profiles; 2 -> 3: options on
+        hosts (the subnets table is created by the schema script)."""
+        for table, column in (("distros", "variables"), ("profiles", "variables"),
+                              ("hosts", "options")):
             cols = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-            if "variables" not in cols:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN variables TEXT NOT NULL "
+            if column not in cols:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL "
                            "DEFAULT '{}'")
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
@@ -211,9 +215,10 @@ class Store:
     # -- hosts ---------------------------------------------------------------
     @staticmethod
     def _host(row) -> Host:
-        mac, name, ip, profile, netboot, token, _exp, variables = row
+        mac, name, ip, profile, netboot, token, _exp, variables, options = row
         return Host(mac=mac, name=name, ip=ip, profile=profile, netboot=bool(netboot),
-                    token=token, variables=json.loads(variables or "{}"))
+                    token=token, variables=json.loads(variables or "{}"),
+                    options=json.loads(options or "{}"))
 
     def add_host(self, h: Host, token_ttl: float) -> Host:
         """Insert or replace a host; netboot on gets a fresh install token."""
@@ -225,13 +230,13 @@ class Store:
             with self._tx() as db:
                 # an upsert on the MAC: INSERT OR REPLACE would silently delete
                 # another host that holds the same reserved IP
-                db.execute("INSERT INTO hosts VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(mac) DO "
-                           "UPDATE SET name=excluded.name, ip=excluded.ip, "
+                db.execute("INSERT INTO hosts VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(mac) "
+                           "DO UPDATE SET name=excluded.name, ip=excluded.ip, "
                            "profile=excluded.profile, netboot=excluded.netboot, "
                            "token=excluded.token, token_expires=excluded.token_expires, "
-                           "variables=excluded.variables",
+                           "variables=excluded.variables, options=excluded.options",
                            (h.mac, h.name, h.ip, h.profile, int(h.netboot), token, expires,
-                            json.dumps(h.variables)))
+                            json.dumps(h.variables), json.dumps(h.options)))
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"host {h.mac}: {exc}") from None
         return self.host(h.mac)

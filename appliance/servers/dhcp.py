@@ -18,27 +18,37 @@ around it.  Contract of the loop:
 * packets are handled in batches (whatever is queued on the socket, up to
   :data:`BATCH`); lease writes and events are queued on one :class:`~appliance.groupcommit.GroupCommitter` whose writer
   thread commits them with one fsync per batch while the loop goes on;
-* no packet, however malformed, stops the loop.
+* no packet, however malformed, stops the loop;
+* the subnet table (config and store subnets) is refreshed once per batch.
+
+Relays (RFC 3046): a request with giaddr is answered for the subnet of the
+relay, to the relay.  Option 82 counts only from a relay in
+``[dhcp] relays``: its circuit-id and remote-id go on the
+:class:`~appliance.model.Machine` and the event, and the option is echoed
+unchanged as the reply's last option (RFC 3046 section 2.2).  From any other
+relay, or without giaddr, option 82 is neither used nor echoed (logged once
+per sender).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import select
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..arch import classify, describe
 from ..config import Config
 from ..events import EventLog
 from ..groupcommit import GroupCommitter
 from ..leases import Allocator
-from ..model import BootSpec, Machine
+from ..model import BootSpec, Machine, Subnet
 from ..policy import BootPolicy
+from ..subnets import SubnetTable
 from . import dhcp_codec as c
 from .l2 import L2Sender
+from .relay import note_untrusted, relay_note, trusted_relay_info
 
 log = logging.getLogger("plowshare.dhcp")
 
@@ -57,53 +67,33 @@ class DhcpContext:
     allocator: Allocator
     events: EventLog
     interface: str | None = None
+    subnets: SubnetTable | None = None  # None: built from config and store on first use
+    untrusted: set = field(default_factory=set)  # option-82 senders already logged
+
+    def table(self) -> SubnetTable:
+        """The subnet table of the current config (rebuilt if the config was replaced)."""
+        if self.subnets is None or self.subnets.config is not self.config:
+            self.subnets = SubnetTable(self.config, self.allocator.store)
+        return self.subnets
 
 
 def machine_of(req: c.DhcpRequest, ctx: DhcpContext) -> Machine:
     firmware, http = classify(req.arch, ctx.config.dhcp.arch_overrides)
     vendor = req.vendor_class or ""
+    sub = c.relay_suboptions(trusted_relay_info(req, ctx))
     return Machine(
         mac=req.mac, firmware=firmware, arch=req.arch,
         ipxe=req.user_class == "iPXE" or req.ipxe_options,
         vendor_class=req.vendor_class, user_class=req.user_class,
         interface=ctx.interface, http_client=http or vendor.startswith("HTTPClient"),
-        relay=req.giaddr if req.giaddr != "0.0.0.0" else None)
+        relay=req.giaddr if req.giaddr != "0.0.0.0" else None,
+        circuit_id=sub.get(c.RELAY_CIRCUIT_ID), remote_id=sub.get(c.RELAY_REMOTE_ID))
 
 
 def is_boot_client(req: c.DhcpRequest) -> bool:
     vendor = req.vendor_class or ""
     return (vendor.startswith(("PXEClient", "HTTPClient"))
             or req.user_class == "iPXE" or req.ipxe_options)
-
-
-def _network(ctx: DhcpContext) -> ipaddress.IPv4Network:
-    """The served subnet, derived from the config (memoised per config object)."""
-    cached = getattr(ctx, "_net_cache", None)
-    if cached is None or cached[0] is not ctx.config:
-        cfg = ctx.config
-        net = ipaddress.IPv4Network(f"{cfg.address}/{cfg.dhcp.prefix}", strict=False)
-        cached = ctx._net_cache = (cfg, net, {})
-    return cached[1]
-
-
-def _net_options(ctx: DhcpContext, lease_time: int | None) -> list:
-    net = _network(ctx)
-    memo = ctx._net_cache[2]
-    if lease_time in memo:
-        return list(memo[lease_time])
-    d = ctx.config.dhcp
-    opts = [("subnet_mask", str(net.netmask)), ("broadcast_address", str(net.broadcast_address))]
-    if lease_time is not None:
-        opts += [("lease_time", lease_time), ("renewal_time", lease_time // 2),
-                 ("rebinding_time", lease_time * 7 // 8)]
-    if d.router:
-        opts.append(("router", d.router))
-    if d.dns:
-        opts.append(("name_server", *d.dns))
-    if d.domain:
-        opts.append(("domain", d.domain.encode()))
-    memo[lease_time] = tuple(opts)
-    return opts
 
 
 def boot_options(machine: Machine, spec: BootSpec, config: Config,
@@ -175,26 +165,37 @@ def _with_boot(reply: c.DhcpReply, req: c.DhcpRequest, ctx: DhcpContext) -> c.Dh
     return reply
 
 
-def _hostname_opt(host) -> list:
-    return [("hostname", host.name.encode())] if host and host.name else []
+def _host_options(host) -> list:
+    if host is None or not host.name or "host-name" in host.options:
+        return []
+    return [("hostname", host.name.encode())]
 
 
-def _offer(req, ctx) -> c.DhcpReply | None:
+def _options(req, ctx, subnet: Subnet, host, lease_time: int | None) -> list:
+    return ctx.table().options(subnet, host, lease_time) + _host_options(host)
+
+
+def _offer(req, ctx, subnet: Subnet) -> c.DhcpReply | None:
     host = ctx.policy.store.host(req.mac)  # one lookup per request, shared below
-    ip = ctx.allocator.offer(req.mac, req.requested_ip, req.hostname, host=host)
+    ip = ctx.allocator.offer(req.mac, req.requested_ip, req.hostname, host=host,
+                             subnet=subnet)
     if ip is None:
         return None
+    lease_time = ctx.table().lease_time(subnet, host, req.lease_time)
     reply = c.DhcpReply(c.OFFER, req, yiaddr=ip,
-                        options=_net_options(ctx, ctx.config.dhcp.lease_time)
-                        + _hostname_opt(host))
+                        options=_options(req, ctx, subnet, host, lease_time))
     return _with_boot(reply, req, ctx)
 
 
-def nak(req: c.DhcpRequest) -> c.DhcpReply:
-    return c.DhcpReply(c.NAK, req, options=[("error_message", b"address not available")])
+def nak(req: c.DhcpRequest, relay_info: bytes | None = None) -> c.DhcpReply:
+    """A DHCPNAK; ``relay_info``: a trusted relay's option 82 to echo."""
+    options = [("error_message", b"address not available")]
+    if relay_info is not None:
+        options.append(("relay_agent_information", relay_info))
+    return c.DhcpReply(c.NAK, req, options=options)
 
 
-def _request(req, ctx) -> c.DhcpReply | None:
+def _request(req, ctx, subnet: Subnet) -> c.DhcpReply | None:
     ours = ctx.config.address
     if req.server_id is not None and req.server_id != ours:
         log.info("%s chose server %s, not us", req.mac, req.server_id)
@@ -203,12 +204,13 @@ def _request(req, ctx) -> c.DhcpReply | None:
     if ip is None:
         return None
     host = ctx.policy.store.host(req.mac)
-    bound = ctx.allocator.bind_async(req.mac, ip, req.hostname, host=host)
+    lease_time = ctx.table().lease_time(subnet, host, req.lease_time)
+    bound = ctx.allocator.bind_async(req.mac, ip, req.hostname, host=host, subnet=subnet,
+                                     lease_time=lease_time)
     if bound is None:
         return nak(req)
-    reply = c.DhcpReply(c.ACK, req, yiaddr=ip,
-                        options=_net_options(ctx, ctx.config.dhcp.lease_time)
-                        + _hostname_opt(host), durable=bound[1])
+    reply = c.DhcpReply(c.ACK, req, yiaddr=ip, durable=bound[1],
+                        options=_options(req, ctx, subnet, host, lease_time))
     return _with_boot(reply, req, ctx)
 
 
@@ -219,16 +221,28 @@ def make_reply(req: c.DhcpRequest, ctx: DhcpContext) -> c.DhcpReply | None:
     the caller must not send it before that ticket is done (with a
     group-committing allocator it is not done yet when this returns).
     """
+    subnet = ctx.table().select(req.giaddr, req.ciaddr, req.mac)
+    if subnet is None:
+        return None  # relayed from a network we do not serve (logged by the table)
+    note_untrusted(req, ctx)
+    reply = _answer(req, ctx, subnet)
+    echo = trusted_relay_info(req, ctx)
+    if reply is not None and echo is not None and reply.msg_type != c.NAK:
+        reply.options.append(("relay_agent_information", echo))  # RFC 3046 2.2: last
+    elif reply is not None and echo is not None:
+        reply = nak(req, echo)
+    return reply
+
+
+def _answer(req: c.DhcpRequest, ctx: DhcpContext, subnet: Subnet) -> c.DhcpReply | None:
     kind = req.msg_type
-    if req.giaddr != "0.0.0.0" and ipaddress.IPv4Address(req.giaddr) not in _network(ctx):
-        log.info("%s relayed via %s outside our subnet, ignored", req.mac, req.giaddr)
-        return None
     if kind == c.DISCOVER:
-        return _offer(req, ctx)
+        return _offer(req, ctx, subnet)
     if kind == c.REQUEST:
-        return _request(req, ctx)
+        return _request(req, ctx, subnet)
     if kind == c.INFORM:
-        reply = c.DhcpReply(c.ACK, req, options=_net_options(ctx, None))
+        host = ctx.policy.store.host(req.mac)
+        reply = c.DhcpReply(c.ACK, req, options=_options(req, ctx, subnet, host, None))
         return _with_boot(reply, req, ctx)
     if kind == c.RELEASE and req.ciaddr != "0.0.0.0":
         ctx.allocator.release(req.mac, req.ciaddr)
@@ -324,6 +338,10 @@ class DhcpServer:
             self.handle_batch(payloads)
 
     def handle_batch(self, payloads: list[bytes]) -> None:
+        try:
+            self.ctx.table().refresh()  # one generation read per batch
+        except Exception:
+            log.exception("subnet table not refreshed; answering from the previous one")
         for payload in payloads:
             try:
                 self.handle(payload)
@@ -337,7 +355,7 @@ class DhcpServer:
         ev = self.events
         ev.record(req.mac, f"dhcp-{c.MSG_NAMES[req.msg_type]}",
                   f"arch {describe(req.arch)} vendor {req.vendor_class!r} "
-                  f"user {req.user_class!r}", log)
+                  f"user {req.user_class!r}{relay_note(req, self.ctx)}", log)
         reply = make_reply(req, self.ctx)
         if reply is None:
             return
@@ -354,7 +372,7 @@ class DhcpServer:
         if not committed:
             log.warning("%s lease %s not committed: NAK instead of ACK", reply.request.mac,
                         reply.yiaddr)
-            reply = nak(reply.request)
+            reply = nak(reply.request, trusted_relay_info(reply.request, self.ctx))
             data = c.encode(reply, self.ctx.config.address)
         try:
             self.send(reply, data)

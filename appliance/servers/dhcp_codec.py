@@ -21,6 +21,11 @@ Field quirks handled here so that the decision code never sees them
 * iPXE sends option 77 as a bare string ``iPXE``, not the RFC 3004 list of
   length-prefixed strings; both spellings are recognised.
 * Option 93 may carry several 16-bit types; the first one counts.
+* Option 82 (RFC 3046) is kept as the raw bytes the relay sent
+  (``relay_info``) so that a reply can echo it byte for byte;
+  :func:`relay_suboptions` reads circuit-id and remote-id out of it.
+* Option 51 in a request (``lease_time``) is the client's wish; with more
+  than four bytes, the first four count (as scapy reads it).
 """
 
 from __future__ import annotations
@@ -66,6 +71,9 @@ OPT_VENDOR_CLASS = 60        # RFC 2132 9.13
 OPT_TFTP_SERVER = 66         # RFC 2132 9.4
 OPT_BOOTFILE = 67            # RFC 2132 9.5
 OPT_USER_CLASS = 77          # RFC 3004
+OPT_RELAY_AGENT = 82         # RFC 3046 2.0 (relay agent information)
+RELAY_CIRCUIT_ID = 1         # RFC 3046 3.1
+RELAY_REMOTE_ID = 2          # RFC 3046 3.2
 OPT_CLIENT_ARCH = 93         # RFC 4578 2.1
 OPT_CLIENT_NDI = 94          # RFC 4578 2.2
 OPT_CLIENT_UUID = 97         # RFC 4578 2.3
@@ -96,6 +104,8 @@ class DhcpRequest:
     ipxe_options: bool = False
     hops: int = 0
     chaddr: bytes = b""
+    lease_time: int | None = None   # option 51: the lease time the client asks for
+    relay_info: bytes | None = None  # option 82 as the relay sent it
 
     @property
     def broadcast(self) -> bool:
@@ -111,9 +121,26 @@ class DhcpReply:
     yiaddr: str = "0.0.0.0"
     siaddr: str = "0.0.0.0"
     filename: str = ""
-    options: list = field(default_factory=list)  # scapy (name, value) pairs, in order
+    # scapy (name, value...) items, or (code, raw bytes) for any other option; in order
+    options: list = field(default_factory=list)
     note: str = ""  # what the boot policy decided, for the event log
     durable: object = None  # Ticket of the lease an ACK promises (None: nothing to wait for)
+
+
+def relay_suboptions(raw: bytes | None) -> dict[int, bytes]:
+    """Sub-option code -> value of an option-82 payload (first occurrence).
+
+    A truncated sub-option ends the scan; what came before it still counts.
+    """
+    out: dict[int, bytes] = {}
+    i, end = 0, len(raw or b"")
+    while i + 1 < end:
+        code, size = raw[i], raw[i + 1]
+        if i + 2 + size > end:
+            break
+        out.setdefault(code, raw[i + 2:i + 2 + size])
+        i += 2 + size
+    return out
 
 
 def _text(value) -> str | None:
@@ -162,6 +189,8 @@ def decode_scapy(payload: bytes) -> DhcpRequest | None:
         chaddr = bytes(pkt.chaddr)[:HLEN_ETHER]
         user = opts.get("user_class")
         uuid = opts.get("pxe_client_machine_identifier")
+        lease = opts.get("lease_time")
+        relay = opts.get("relay_agent_information")
         return DhcpRequest(
             msg_type=msg_type, xid=pkt.xid, mac=":".join(f"{b:02x}" for b in chaddr),
             flags=int(pkt.flags), ciaddr=pkt.ciaddr, giaddr=pkt.giaddr, hops=pkt.hops,
@@ -172,7 +201,9 @@ def decode_scapy(payload: bytes) -> DhcpRequest | None:
             user_class=_user_class(user) if isinstance(user, bytes) else _text(user),
             arch=_arch(opts.get("pxe_client_architecture")),
             uuid=uuid if isinstance(uuid, bytes) else None,
-            ipxe_options=OPT_IPXE_ENCAP in opts, chaddr=chaddr)
+            ipxe_options=OPT_IPXE_ENCAP in opts, chaddr=chaddr,
+            lease_time=lease if isinstance(lease, int) else None,
+            relay_info=relay if isinstance(relay, bytes) else None)
     except Exception:  # noqa: BLE001 - a malformed packet is dropped, never fatal
         log.debug("undecodable DHCP payload of %d bytes", len(payload))
         return None
@@ -235,6 +266,7 @@ REPLY_OPTIONS: dict[str | int, tuple[int, str]] = {
     "tftp_server_name": (OPT_TFTP_SERVER, "bytes"),
     "boot-file-name": (OPT_BOOTFILE, "bytes"),
     "pxe_client_machine_identifier": (OPT_CLIENT_UUID, "bytes"),
+    "relay_agent_information": (OPT_RELAY_AGENT, "bytes"),
     OPT_IPXE_ENCAP: (OPT_IPXE_ENCAP, "bytes"),
 }
 
@@ -297,6 +329,7 @@ def decode(payload: bytes) -> DhcpRequest | None:
         text = {code: opts[code].decode("latin-1").rstrip("\x00")
                 for code in (OPT_HOSTNAME, OPT_VENDOR_CLASS) if code in opts}
         requested, server = opts.get(OPT_REQUESTED_IP), opts.get(OPT_SERVER_ID)
+        lease = opts.get(OPT_LEASE_TIME)
         return DhcpRequest(
             msg_type=kind[0], xid=xid, mac=chaddr.hex(":"), flags=flags,
             ciaddr=_ip_text(ciaddr), giaddr=_ip_text(giaddr), hops=hops,
@@ -305,7 +338,9 @@ def decode(payload: bytes) -> DhcpRequest | None:
             hostname=text.get(OPT_HOSTNAME), vendor_class=text.get(OPT_VENDOR_CLASS),
             user_class=_user_class(user) if user is not None else None,
             arch=_arch(opts.get(OPT_CLIENT_ARCH)), uuid=opts.get(OPT_CLIENT_UUID),
-            ipxe_options=OPT_IPXE_ENCAP in opts, chaddr=chaddr)
+            ipxe_options=OPT_IPXE_ENCAP in opts, chaddr=chaddr,
+            lease_time=struct.unpack_from("!I", lease)[0] if lease else None,
+            relay_info=opts.get(OPT_RELAY_AGENT))
     except Exception:  # noqa: BLE001 - a malformed packet is dropped, never fatal
         log.debug("undecodable DHCP payload of %d bytes", len(payload))
         return None
@@ -313,7 +348,10 @@ def decode(payload: bytes) -> DhcpRequest | None:
 
 def _option_bytes(item) -> bytes:
     name, *values = item
-    code, kind = REPLY_OPTIONS[name]  # KeyError: an option nobody named
+    if isinstance(name, int) and name not in REPLY_OPTIONS:
+        code, kind = name, "bytes"  # (code, raw bytes), e.g. from appliance.dhcp_options
+    else:
+        code, kind = REPLY_OPTIONS[name]  # KeyError: an option nobody named
     if kind == "u8":
         value = bytes(values[:1])
     elif kind == "u32":

@@ -50,15 +50,17 @@ class PlowshareProcess:
         return json.loads(self.cli("events", mac, "--json"))
 
     def start(self, config_path: Path | str | None = None,
-              extra_args: Sequence[str] = ()) -> PlowshareProcess:
+              extra_args: Sequence[str] = (), pool: bool = True) -> PlowshareProcess:
         """Start ``plowshare serve``; ``config_path`` becomes ``--config`` (the
-        flags given here still override it), ``extra_args`` go after them."""
+        flags given here still override it), ``extra_args`` go after them.
+        ``pool=False``: no ``--pool`` flag (the config describes the subnet)."""
         lab = self.lab
         net = lab.network
-        pool = f"{net[POOL_FIRST]}-{net[POOL_LAST]}"
         cmd = [sys.executable, "-m", "appliance", "--state", str(self.state), "serve",
                "--interface", lab.server_iface, "--address", lab.server_addr,
-               "--pool", pool, "--netboot", str(NETBOOT_TREE), "--verbose"]
+               "--netboot", str(NETBOOT_TREE), "--verbose"]
+        if pool:
+            cmd += ["--pool", f"{net[POOL_FIRST]}-{net[POOL_LAST]}"]
         if config_path is not None:
             cmd += ["--config", str(config_path)]
         cmd += list(extra_args)

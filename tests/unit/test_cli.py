@@ -83,3 +83,36 @@ def test_bad_config_is_refused_with_a_reason(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+def test_subnet_commands_and_host_options(state, tmp_path, capsys):
+    s = ["--state", str(state)]
+    assert run(capsys, *s, "subnet", "add", "10.2.0.0/24", "--pool", "10.2.0.10-10.2.0.20",
+               "--option", "routers=10.2.0.1", "--option", "interface-mtu=1400",
+               "--lease-time", "600")[0] == 0
+    code, out, _ = run(capsys, *s, "subnet", "list", "--json")
+    assert code == 0 and json.loads(out) == [{
+        "network": "10.2.0.0/24", "pools": [["10.2.0.10", "10.2.0.20"]],
+        "options": {"routers": ["10.2.0.1"], "interface-mtu": 1400},
+        "lease_time": 600, "max_lease_time": None}]
+    for bad, message in ((["10.2.0.0/16"], "overlaps subnet 10.2.0.0/16"),
+                         (["127.0.0.0/24"], "(config)"),
+                         (["10.3.0.0/24", "--option", "mtu=1"], "unknown DHCP option 'mtu'"),
+                         (["10.3.0.0/24", "--pool", "10.4.0.1-10.4.0.2"], "not inside")):
+        code, _, err = run(capsys, *s, "subnet", "add", *bad)
+        assert code == 2 and message in err, err
+    assert run(capsys, *s, "subnet", "delete", "10.2.0.0/24")[0] == 0
+    assert run(capsys, *s, "subnet", "delete", "10.2.0.0/24")[0] == 2
+
+    assert run(capsys, *s, "distro", "add", "deb", "--kernel", str(tmp_path / "linux"),
+               "--initrd", str(tmp_path / "initrd"))[0] == 0
+    assert run(capsys, *s, "profile", "add", "p", "--distro", "deb")[0] == 0
+    assert run(capsys, *s, "host", "add", MAC, "--profile", "p", "--option",
+               "domain-search=a.example, b.example", "--option", "ntp-servers=10.0.0.5")[0] == 0
+    host = json.loads(run(capsys, *s, "host", "show", MAC, "--json")[1])
+    assert host["options"] == {"domain-search": ["a.example", "b.example"],
+                               "ntp-servers": ["10.0.0.5"]}
+    assert "options: {'domain-search'" in run(capsys, *s, "host", "show", MAC)[1]
+    code, _, err = run(capsys, *s, "host", "add", "52:54:00:00:00:02", "--profile", "p",
+                       "--option", "routers=nope")
+    assert code == 2 and "option routers" in err

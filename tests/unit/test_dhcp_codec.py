@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.dhcp import BOOTP, DHCP, DHCPOptions
 
+from appliance.dhcp_options import OPTIONS
 from appliance.servers import dhcp_codec as c
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "dhcp"
@@ -39,6 +40,7 @@ request_option = st.one_of(
     st.tuples(st.just(c.OPT_IPXE_ENCAP), blob),
     st.tuples(st.just("max_dhcp_size"), st.integers(0, 65535)),
     st.tuples(st.just("lease_time"), st.integers(0, 2**32 - 1)),
+    st.tuples(st.just("relay_agent_information"), blob),  # option 82, kept raw
     # opaque codes scapy does not type either
     st.tuples(st.sampled_from([224, 225, 250, 251]), blob),
 )
@@ -106,9 +108,13 @@ reply_option = st.one_of(
               st.integers(0, 2**32 - 1)),
     st.tuples(st.sampled_from(["domain", "hostname", "error_message", "vendor_class_id",
                                "vendor_specific", "tftp_server_name", "boot-file-name",
-                               "pxe_client_machine_identifier", c.OPT_IPXE_ENCAP]),
+                               "pxe_client_machine_identifier", "relay_agent_information",
+                               c.OPT_IPXE_ENCAP]),
               st.binary(min_size=1, max_size=60)),
 )
+# what appliance.dhcp_options hands the codec: (code, payload) for any registry code
+registry_option = st.tuples(st.sampled_from(sorted({s.code for s in OPTIONS.values()})),
+                            st.binary(min_size=1, max_size=60))
 
 
 @st.composite
@@ -127,6 +133,31 @@ def test_encode_is_byte_identical_to_scapy(reply, server):
     if reply is None or reply.request is None:
         return
     assert c.encode(reply, server) == c.encode_scapy(reply, server)
+
+
+@SETTINGS
+@given(replies(), st.lists(registry_option, max_size=6), ips)
+def test_registry_options_encode_byte_identically(reply, extra, server):
+    reply.options += extra
+    assert c.encode(reply, server) == c.encode_scapy(reply, server)
+
+
+@SETTINGS
+@given(requests())
+def test_option_82_is_echoed_byte_for_byte(payload):
+    req = c.decode(payload)
+    if req is None or req.relay_info is None:
+        return
+    reply = c.DhcpReply(c.ACK, req, options=[("relay_agent_information", req.relay_info)])
+    assert c.encode(reply, "10.0.0.1") == c.encode_scapy(reply, "10.0.0.1")
+    echoed = c.decode_scapy(c.encode(reply, "10.0.0.1").replace(b"\x02", b"\x01", 1))
+    assert echoed is not None and echoed.relay_info == req.relay_info
+
+
+def test_relay_suboptions():
+    raw = b"\x01\x03abc\x02\x02\xde\xad\x09\x05xx"  # last one truncated
+    assert c.relay_suboptions(raw) == {1: b"abc", 2: b"\xde\xad"}
+    assert c.relay_suboptions(None) == {} and c.relay_suboptions(b"\x01") == {}
 
 
 @SETTINGS
