@@ -23,6 +23,9 @@ Example file::
                                 # addresses, Plowshare only answers PXE/iPXE
                                 # clients with boot information (67 and 4011)
     arch_overrides = { 9 = "efi-x64" }
+    ping_check = true           # ping a new address before offering it (skipped under load)
+    rogue_detect = true         # record other DHCP servers seen on the interface
+    rogue_probe_interval = 300  # and look for them with a DISCOVER every 300 s (0: off)
 
     [variables]                 # global template variables (lowest layer)
     timezone = "Europe/Berlin"
@@ -65,6 +68,9 @@ class DhcpConfig:
     client_port: int = 68
     mode: str = "server"  # "server" (hands out addresses) | "proxy" (boot info only)
     pxe_port: int = 4011  # proxy mode: PXE boot server / ProxyDHCP REQUEST port
+    ping_check: bool = True  # server mode: ICMP echo before offering a new address
+    rogue_detect: bool = True  # server mode: watch the interface for other DHCP servers
+    rogue_probe_interval: float = 0.0  # seconds between active rogue DISCOVERs (0: off)
 
 
 @dataclass(frozen=True)
