@@ -191,8 +191,8 @@ class ConflictGuard:
 
     def lease_before(self, req: c.DhcpRequest) -> Lease | None:
         """The MAC's lease before a DISCOVER is decided (``None`` for other messages)."""
-        if not self.enabled or req.msg_type != c.DISCOVER:
-            return None
+        if not self.enabled or req.msg_type != c.DISCOVER or self.gate.busy:
+            return None  # busy: no probe is coming, spare the lookup
         return self.allocator.view.lease_for_mac(req.mac)
 
     def intercept(self, req: c.DhcpRequest, reply: c.DhcpReply | None,
@@ -230,11 +230,11 @@ class ConflictGuard:
     # -- internals ----------------------------------------------------------------
     def _probe_offer(self, req, reply, prior, attempt: int, now: float) -> bool:
         ip = reply.yiaddr
-        if not self.enabled or not needs_probe(
-                ip, req.mac, prior, self.allocator.in_pool(ip),
-                self.allocator.store.host_by_ip(ip) is not None, self.allocator.clock()):
+        if not self.enabled or not self.gate.allow(now, len(self._held) + len(self._declined)):
             return False
-        if not self.gate.allow(now, len(self._held) + len(self._declined)):
+        if not needs_probe(ip, req.mac, prior, self.allocator.in_pool(ip),
+                           self.allocator.store.host_by_ip(ip) is not None,
+                           self.allocator.clock()):
             return False
         self.prober.send(ip)
         self._held[ip] = _Held(req, reply, now + PROBE_TIMEOUT, attempt)
