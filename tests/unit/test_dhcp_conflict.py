@@ -390,3 +390,33 @@ def test_discover_payload_decodes():
     assert (req.msg_type, req.mac, req.xid, req.broadcast) == \
         (c.DISCOVER, "02:50:4c:4f:57:53", 99, True)
 
+
+
+def test_rogues_from_the_cli_and_the_appliance(tmp_path, capsys):
+    from appliance.app import Appliance
+    from appliance.cli import main
+    from appliance.model import Event
+
+    cfg = load_config(None, address=SERVER, state_dir=str(tmp_path / "state"))
+    app = Appliance(cfg)
+    app.store.open()
+    try:
+        app.events.record("02:00:00:00:00:02", "dhcp-rogue",
+                          "server=10.99.0.2 offered=10.99.0.50 client=52:54:00:00:00:01")
+        app.store.add_event(Event(2.0, "52:54:00:00:00:01", "dhcp-offer", "10.99.0.100"))
+        assert [(r["server"], r["mac"]) for r in app.rogue_servers()] == \
+            [("10.99.0.2", "02:00:00:00:00:02")]
+    finally:
+        app.store.close()
+    assert main(["--state", str(tmp_path / "state"), "dhcp", "rogues"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("10.99.0.2\t02:00:00:00:00:02\t")
+    assert "offered 10.99.0.50" in out[0]
+
+
+def test_config_keys_for_conflicts(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[dhcp]\nping_check = false\nrogue_probe_interval = 30\n")
+    d = load_config(path).dhcp
+    assert (d.ping_check, d.rogue_detect, d.rogue_probe_interval) == (False, True, 30)
+    assert load_config(None).dhcp.ping_check is True
