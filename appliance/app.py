@@ -91,11 +91,30 @@ class Appliance:
                 ProxyContext(cfg, self.policy, self.events, cfg.interface))
         elif cfg.dhcp.enabled:
             ctx = DhcpContext(cfg, self.policy, self.allocator, self.events, cfg.interface)
-            servers["dhcp"] = DhcpServer(ctx)
+            servers["dhcp"] = DhcpServer(ctx, guard=self._conflict_guard())
+            if cfg.dhcp.rogue_detect and cfg.interface:
+                from .servers.rogue import RogueDetector
+                servers["dhcp-rogue"] = RogueDetector(
+                    cfg.interface, cfg.address, self.events, cfg.dhcp.rogue_probe_interval)
         if cfg.router_advertisements and cfg.interface:
             from .servers.ra import RouterAdvertiser
             servers["ra"] = RouterAdvertiser(cfg.interface)
         return servers
+
+    def _conflict_guard(self):
+        if not self.config.dhcp.ping_check:
+            return None
+        from .servers.conflict import ConflictGuard
+        from .servers.icmp_probe import IcmpProber
+        return ConflictGuard(self.allocator, IcmpProber(self.config.interface))
+
+    def rogue_servers(self) -> list[dict]:
+        """Other DHCP servers seen on the provisioning network (newest first).
+
+        Read from the ``dhcp-rogue`` events, so it works from the CLI too.
+        """
+        from .servers.rogue import rogue_summary
+        return rogue_summary(self.store.events_of_kind("dhcp-rogue"))
 
     def _tftp_event(self, kind: str, client, path: str) -> None:
         mac = self.store.mac_for_ip(client[0])

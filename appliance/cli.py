@@ -111,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     add_parsers(sub)
     add_subnet_parser(sub)
 
+    dh = sub.add_parser("dhcp", help="DHCP state").add_subparsers(dest="action", required=True)
+    dh.add_parser("rogues", help="other DHCP servers seen on the provisioning network"
+                  ).add_argument("--json", action="store_true")
+
     e = sub.add_parser("events", help="a machine's boot timeline")
     e.add_argument("mac")
     e.add_argument("--json", action="store_true")
@@ -197,6 +201,20 @@ def _cmd_events(store: Store, cfg: Config, args) -> int:
     return 0
 
 
+def _cmd_dhcp(store: Store, cfg: Config, args) -> int:
+    from .servers.rogue import rogue_summary
+
+    rogues = rogue_summary(store.events_of_kind("dhcp-rogue"))
+    if args.json:
+        print(json.dumps(rogues, indent=2))
+        return 0
+    for r in rogues:
+        stamp = datetime.datetime.fromtimestamp(r["last"]).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{r['server']}\t{r['mac']}\tlast {stamp}\toffered {r['offered'] or '-'}"
+              f"\t{r['events']} events")
+    return 0
+
+
 def _cmd_profile(store: Store, cfg: Config, args) -> int:
     store.add_profile(Profile(args.name, args.distro, args.template, args.cmdline,
                               variables=dict(args.var)))
@@ -215,7 +233,7 @@ def _serve(cfg: Config, args) -> int:
 
 
 COMMANDS = {"distro": _cmd_distro, "profile": _cmd_profile, "host": _cmd_host,
-            "events": _cmd_events, "subnet": cmd_subnet}
+            "events": _cmd_events, "subnet": cmd_subnet, "dhcp": _cmd_dhcp}
 
 
 def _with_appliance(cfg: Config, args) -> int:

@@ -23,6 +23,9 @@ Example file::
                                 # addresses, Plowshare only answers PXE/iPXE
                                 # clients with boot information (67 and 4011)
     arch_overrides = { 9 = "efi-x64" }
+    ping_check = true           # ping a new address before offering it (skipped under load)
+    rogue_detect = true         # record other DHCP servers seen on the interface
+    rogue_probe_interval = 300  # and look for them with a DISCOVER every 300 s (0: off)
     max_lease_time = 86400      # a client's option-51 request is clamped to this
     relays = ["10.1.0.254"]     # relay agents whose option 82 is trusted (RFC 3046)
     options = { "ntp-servers" = ["10.0.0.1"] }   # global: every subnet, lowest layer
@@ -37,14 +40,14 @@ Example file::
     interface-mtu = 1400
     classless-static-routes = ["10.5.0.0/16 10.1.0.254", "0.0.0.0/0 10.1.0.254"]
 
+    [variables]                 # global template variables (lowest layer)
+    timezone = "Europe/Berlin"
+    ssh_keys = ["ssh-ed25519 AAAA... ops@example"]
+
 The ``[dhcp]`` keys ``pool``, ``prefix``, ``router``, ``dns``, ``domain``
 describe the subnet of ``[server] address`` (the served interface).  A
 ``[[dhcp.subnet]]`` may describe that subnet instead, but not both at once.
 Option names are ISC's (:mod:`appliance.dhcp_options`).
-
-    [variables]                 # global template variables (lowest layer)
-    timezone = "Europe/Berlin"
-    ssh_keys = ["ssh-ed25519 AAAA... ops@example"]
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ class DhcpConfig:
     relays: tuple[str, ...] = ()  # trusted relay agents (giaddr) for option 82
     options: dict = field(default_factory=dict, hash=False)  # global DHCP options
     subnets: tuple[Subnet, ...] = ()  # [[dhcp.subnet]] tables, besides the served one
+    ping_check: bool = True  # server mode: ICMP echo before offering a new address
+    rogue_detect: bool = True  # server mode: watch the interface for other DHCP servers
+    rogue_probe_interval: float = 0.0  # seconds between active rogue DISCOVERs (0: off)
 
     @property
     def served_keys(self) -> bool:

@@ -33,8 +33,8 @@ class EventLog:
         return EventLog(self.store, self.clock, writer)
 
     def record(self, mac: str, kind: str, detail: str = "",
-               logger: logging.Logger | None = None) -> None:
-        (logger or log).info("%s %s %s", mac, kind, detail)
+               logger: logging.Logger | None = None, level: int = logging.INFO) -> None:
+        (logger or log).log(level, "%s %s %s", mac, kind, detail)
         try:
             ev = Event(self.clock(), mac, kind, detail)
             if self.writer is not None:

@@ -32,7 +32,7 @@ from .store import Store
 log = logging.getLogger("plowshare.store")
 
 MAX_BATCH = 512  # writes per transaction; more simply wait for the next one
-BUSY_STATES = ("offered", "bound", "declined")
+BUSY_STATES = ("offered", "bound", "declined", "conflict")
 
 
 class Ticket:
@@ -141,7 +141,7 @@ class GroupCommitter:
                     return None
             self._seq += 1
             w = _Write(self._seq, lease, check_free_at, Ticket(), [lease.ip])
-            if lease.state != "declined":
+            if lease.mac:  # ownerless probation rows do not move a MAC's lease
                 old = self._lease_for_mac(lease.mac)
                 if old is not None and old.ip != lease.ip:
                     self._by_ip[old.ip] = (w.seq, None)

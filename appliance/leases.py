@@ -254,9 +254,30 @@ class Allocator:
         if held and held.mac == mac:
             self._put(Lease(mac, ip, self.clock(), "released", held.hostname), None)
 
-    def decline(self, mac: str, ip: str) -> None:
-        """The client found ``ip`` in use: keep it out of the pool for a while."""
+    def decline(self, mac: str, ip: str) -> bool:
+        """The client found ``ip`` in use (RFC 2131 4.3.3): probation, if it is theirs.
+
+        Accepted only from the MAC ``ip`` is offered to or bound by, so a
+        forged DECLINE cannot take addresses out of the pool.  The probation
+        entry is owned by nobody: not even the declining MAC is offered it again.
+        """
         held = self.view.lease_for_ip(ip)
-        if held is None or held.mac == mac:
-            # owned by nobody, so not even the declining MAC is offered it again
-            self._put(Lease("", ip, self.clock() + DECLINE_PROBATION, "declined"), None)
+        if held is None or held.mac != mac or held.state not in ("offered", "bound"):
+            return False
+        self.probation(ip, "declined", DECLINE_PROBATION)
+        return True
+
+    def probation(self, ip: str, state: str, seconds: float) -> None:
+        """Take ``ip`` out of the pool for ``seconds`` (``state``: declined | conflict)."""
+        self._put(Lease("", ip, self.clock() + seconds, state), None)
+
+    def end_probation(self, ip: str) -> bool:
+        """Return a probation address to the pool early; False if it is not on probation."""
+        held = self.view.lease_for_ip(ip)
+        if held is None or held.mac or held.state not in ("declined", "conflict"):
+            return False
+        self._put(Lease("", ip, self.clock(), "released"), None)
+        return True
+
+    def pool_size(self, subnet: Subnet | None = None) -> int:
+        return self.pools(subnet).size

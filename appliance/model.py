@@ -157,7 +157,7 @@ class Lease:
     mac: str
     ip: str
     expires: float
-    state: str = "bound"  # "offered" | "bound" | "released" | "declined"
+    state: str = "bound"  # "offered" | "bound" | "released" | "declined" | "conflict"
     hostname: str | None = None
 
 

@@ -297,6 +297,13 @@ class Store(SubnetRows):
         return [Lease(*r) for r in self._query(
             "SELECT mac, ip, expires, state, hostname FROM leases ORDER BY ip")]
 
+    def leases_in_states(self, states: tuple[str, ...], now: float) -> list[Lease]:
+        """Unexpired leases in one of ``states``, earliest expiry first."""
+        marks = ",".join("?" * len(states))
+        return [Lease(*r) for r in self._query(
+            "SELECT mac, ip, expires, state, hostname FROM leases WHERE expires>? AND state IN "
+            f"({marks}) ORDER BY expires", (now, *states))]
+
     def mac_for_ip(self, ip: str | None, now: float | None = None) -> str | None:
         """The MAC behind a client address: a host reservation, else a bound lease.
 
@@ -318,7 +325,7 @@ class Store(SubnetRows):
         """ip -> mac for every address that is taken now (by lease or reservation)."""
         out = {ip: mac for ip, mac in self._query(
             "SELECT ip, mac FROM leases WHERE expires>? AND state IN "
-            "('offered','bound','declined')", (now,))}
+            "('offered','bound','declined','conflict')", (now,))}
         for ip, mac in self._query("SELECT ip, mac FROM hosts WHERE ip IS NOT NULL"):
             out[ip] = mac
         return out
@@ -328,14 +335,14 @@ class Store(SubnetRows):
                      check_free_at: float | None) -> bool:
         if check_free_at is not None:
             row = db.execute("SELECT mac FROM leases WHERE ip=? AND expires>? AND "
-                             "state IN ('offered','bound','declined')",
+                             "state IN ('offered','bound','declined','conflict')",
                              (lease.ip, check_free_at)).fetchone()
             if row is not None and row[0] != lease.mac:
                 return False
             row = db.execute("SELECT mac FROM hosts WHERE ip=?", (lease.ip,)).fetchone()
             if row is not None and row[0] != lease.mac:
                 return False
-        if lease.state != "declined":
+        if lease.mac:  # ownerless probation rows do not move a MAC's lease
             db.execute("DELETE FROM leases WHERE mac=? AND ip<>?", (lease.mac, lease.ip))
         db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
                    (lease.ip, lease.mac, lease.expires, lease.state, lease.hostname))
@@ -390,6 +397,12 @@ class Store(SubnetRows):
         with self._tx() as db:
             db.execute("INSERT INTO events (ts, mac, kind, detail) VALUES (?,?,?,?)",
                        (ev.ts, ev.mac, ev.kind, ev.detail))
+
+    def events_of_kind(self, kind: str, limit: int = 1000) -> list[Event]:
+        """The last ``limit`` events of one kind, oldest first."""
+        rows = self._query("SELECT ts, mac, kind, detail FROM events WHERE kind=? "
+                           "ORDER BY id DESC LIMIT ?", (kind, limit))
+        return [Event(*r) for r in reversed(rows)]
 
     def events(self, mac: str | None = None, limit: int = 1000) -> list[Event]:
         if mac is None:

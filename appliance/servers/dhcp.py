@@ -247,8 +247,15 @@ def _answer(req: c.DhcpRequest, ctx: DhcpContext, subnet: Subnet) -> c.DhcpReply
     if kind == c.RELEASE and req.ciaddr != "0.0.0.0":
         ctx.allocator.release(req.mac, req.ciaddr)
     elif kind == c.DECLINE and req.requested_ip:
-        log.warning("%s declined %s (address in use?)", req.mac, req.requested_ip)
-        ctx.allocator.decline(req.mac, req.requested_ip)
+        if req.server_id is not None and req.server_id != ctx.config.address:
+            log.info("%s DECLINE of %s is for server %s, not us", req.mac, req.requested_ip,
+                     req.server_id)
+        elif ctx.allocator.decline(req.mac, req.requested_ip):
+            log.warning("%s declined %s (address in use?): on probation", req.mac,
+                        req.requested_ip)
+        else:
+            log.warning("%s DECLINE of %s ignored: not offered to or bound by it", req.mac,
+                        req.requested_ip)
     return None
 
 
@@ -257,11 +264,16 @@ class DhcpServer:
 
     ``writer``: the group committer to use (default: one of its own, started
     and stopped with the server, attached to ``ctx.allocator`` meanwhile).
+    ``guard``: a :class:`~appliance.servers.conflict.ConflictGuard` (ping
+    check, DECLINE probation) or ``None``; it may hold an OFFER and send it
+    later through :meth:`emit`, and its socket and deadlines join the loop's
+    ``select``.
     """
 
     def __init__(self, ctx: DhcpContext, bind: str = "0.0.0.0",
-                 writer: GroupCommitter | None = None):
+                 writer: GroupCommitter | None = None, guard=None):
         self.ctx = ctx
+        self.guard = guard
         self.bind = bind
         self.writer = writer
         self._own_writer = writer is None
@@ -290,6 +302,9 @@ class DhcpServer:
         sock.setblocking(False)  # _receive waits in select(), then drains
         self._sock = sock
         self.attach_writer()
+        if self.guard is not None:
+            self.guard.subnets = lambda: self.ctx.table().subnets()
+            self.guard.start(self.emit, lambda req: make_reply(req, self.ctx), self.events)
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="dhcp", daemon=True)
         self._thread.start()
@@ -300,6 +315,8 @@ class DhcpServer:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        if self.guard is not None:
+            self.guard.stop()
         if self.writer is not None and self._own_writer:
             self.writer.stop()  # commits what is queued and sends its ACKs
             self.writer = None
@@ -316,7 +333,10 @@ class DhcpServer:
     def _receive(self) -> list[bytes]:
         """Wait (up to POLL_SECONDS) for packets, then take what is queued (<= BATCH)."""
         payloads: list[bytes] = []
-        if not select.select([self._sock], [], [], POLL_SECONDS)[0]:
+        guard = self.guard
+        waits = [self._sock, *guard.fds()] if guard else [self._sock]
+        timeout = guard.timeout(POLL_SECONDS) if guard else POLL_SECONDS
+        if self._sock not in select.select(waits, [], [], timeout)[0]:
             return payloads
         while len(payloads) < BATCH:
             try:
@@ -329,13 +349,17 @@ class DhcpServer:
         while not self._stop.is_set():
             try:
                 payloads = self._receive()
-                if not payloads:
-                    continue
             except OSError:
                 if self._stop.is_set():
                     return
                 raise
-            self.handle_batch(payloads)
+            if payloads:
+                self.handle_batch(payloads)
+            if self.guard is not None:
+                try:
+                    self.guard.tick()
+                except Exception:
+                    log.exception("error in the ping check")
 
     def handle_batch(self, payloads: list[bytes]) -> None:
         try:
@@ -356,11 +380,17 @@ class DhcpServer:
         ev.record(req.mac, f"dhcp-{c.MSG_NAMES[req.msg_type]}",
                   f"arch {describe(req.arch)} vendor {req.vendor_class!r} "
                   f"user {req.user_class!r}{relay_note(req, self.ctx)}", log)
+        prior = self.guard.lease_before(req) if self.guard is not None else None
         reply = make_reply(req, self.ctx)
-        if reply is None:
-            return
-        ev.record(req.mac, f"dhcp-{c.MSG_NAMES[reply.msg_type]}",
-                  f"{reply.yiaddr} {reply.note}".strip(), log)
+        if self.guard is not None and self.guard.intercept(req, reply, prior):
+            return  # held while its address is probed; the guard emits it later
+        if reply is not None:
+            self.emit(reply)
+
+    def emit(self, reply: c.DhcpReply) -> None:
+        """Record and send ``reply`` (an ACK only once its lease is durable)."""
+        self.events.record(reply.request.mac, f"dhcp-{c.MSG_NAMES[reply.msg_type]}",
+                           f"{reply.yiaddr} {reply.note}".strip(), log)
         data = c.encode(reply, self.ctx.config.address)
         if reply.durable is None:
             self.send(reply, data)

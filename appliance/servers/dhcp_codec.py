@@ -376,3 +376,57 @@ def encode(reply: DhcpReply, server_ip: str) -> bytes:
         req.chaddr.ljust(16, b"\x00"), b"", file_field)
     options = [("message-type", reply.msg_type), ("server_id", server_ip), *reply.options]
     return b"".join((header, MAGIC_COOKIE, *map(_option_bytes, options), bytes((OPT_END,))))
+
+
+# -- server messages, as a client or a sniffer sees them -------------------------
+@dataclass(frozen=True)
+class ServerMessage:
+    """A decoded BOOTREPLY (OFFER, ACK, NAK) -- what :func:`decode_reply` returns.
+
+    ``mac`` is the client's chaddr; ``server_id`` is option 54, which RFC
+    2131 makes mandatory in OFFER/ACK/NAK but a broken server may omit.
+    """
+
+    msg_type: int
+    xid: int
+    mac: str
+    yiaddr: str
+    giaddr: str
+    server_id: str | None
+    lease_time: int | None
+
+
+def decode_reply(payload: bytes) -> ServerMessage | None:
+    """Parse a server's reply (the other direction of :func:`decode`).  Never raises."""
+    try:
+        if len(payload) < OPTIONS_OFFSET or \
+                payload[BOOTP_HEADER.size:OPTIONS_OFFSET] != MAGIC_COOKIE:
+            return None
+        (op, htype, hlen, _hops, xid, _secs, _flags, _ciaddr, yiaddr, _siaddr, giaddr,
+         chaddr16, _sname, _file) = BOOTP_HEADER.unpack_from(payload)
+        if op != BOOTREPLY or htype != HTYPE_ETHER or hlen != HLEN_ETHER:
+            return None
+        opts = _scan_options(payload)
+        kind = opts.get(OPT_MESSAGE_TYPE)
+        if not kind or kind[0] not in MSG_NAMES:
+            return None
+        server, lease = opts.get(OPT_SERVER_ID), opts.get(OPT_LEASE_TIME)
+        return ServerMessage(
+            msg_type=kind[0], xid=xid, mac=chaddr16[:HLEN_ETHER].hex(":"),
+            yiaddr=_ip_text(yiaddr), giaddr=_ip_text(giaddr),
+            server_id=_ip_text(server) if server else None,
+            lease_time=struct.unpack("!I", lease[:4])[0] if lease else None)
+    except Exception:  # noqa: BLE001 - a malformed packet is dropped, never fatal
+        return None
+
+
+def discover_payload(mac: str, xid: int) -> bytes:
+    """A minimal DHCPDISCOVER from ``mac`` with the broadcast flag set (so every
+    server answers by broadcast, RFC 2131 section 4.1)."""
+    chaddr = bytes.fromhex(mac.replace(":", ""))
+    zero = bytes(4)
+    header = BOOTP_HEADER.pack(BOOTREQUEST, HTYPE_ETHER, HLEN_ETHER, 0, xid, 0,
+                               FLAG_BROADCAST, zero, zero, zero, zero,
+                               chaddr.ljust(16, b"\x00"), b"", b"")
+    options = bytes((OPT_MESSAGE_TYPE, 1, DISCOVER, OPT_END))
+    return header + MAGIC_COOKIE + options

@@ -1,0 +1,129 @@
+"""Raw DHCP traffic for e2e tests, run *inside* a lab namespace as a script.
+
+    python -m tests.e2e.dhcp_raw sniff IFACE OUT        # record every server ACK
+    python -m tests.e2e.dhcp_raw decline-storm IFACE SERVER_IP CLIENTS ROUNDS
+
+``sniff`` appends one JSON line per DHCPACK seen on IFACE (chaddr, yiaddr,
+lease time, capture time) and flushes each: it is the witness of what
+clients were really told, independent of the server's store.  It stops on
+SIGTERM.
+
+``decline-storm`` plays CLIENTS x ROUNDS distinct MACs through DISCOVER ->
+OFFER -> REQUEST -> ACK -> DECLINE (RFC 2131 4.3.3), one round's clients in
+parallel, broadcast flag set so every reply reaches this port.  It prints a
+JSON summary (offers, acks, declines sent).
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import sys
+import time
+
+from scapy.layers.dhcp import BOOTP, DHCP
+
+from appliance.servers import dhcp_codec as c
+from appliance.servers.l2 import udp_frame
+from appliance.servers.rogue import BPF_SRC_PORT_67, ETH_P_IP, attach_filter, parse_frame
+
+PHASE_WAIT = 8.0  # seconds one phase of a storm round waits for its replies
+BROADCAST = b"\xff" * 6
+
+
+def _socket(iface: str) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    attach_filter(sock, BPF_SRC_PORT_67)
+    sock.bind((iface, ETH_P_IP))
+    return sock
+
+
+def sniff(iface: str, out: str) -> None:
+    sock = _socket(iface)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    with open(out, "a") as fh:
+        print("ready", flush=True)
+        while not stop:
+            try:
+                if not select.select([sock], [], [], 0.2)[0]:
+                    continue
+                frame = sock.recv(4096)
+            except InterruptedError:
+                continue
+            parsed = parse_frame(frame)
+            if parsed is None or parsed[2].msg_type != c.ACK:
+                continue
+            msg = parsed[2]
+            fh.write(json.dumps({"mac": msg.mac, "ip": msg.yiaddr, "lease": msg.lease_time,
+                                 "t": time.time(), "server": msg.server_id}) + "\n")
+            fh.flush()
+
+
+def _mac(round_: int, n: int) -> str:
+    return f"02:de:c1:{round_:02x}:{n >> 8:02x}:{n & 0xFF:02x}"
+
+
+def _client_frame(mac: str, xid: int, msg: int, requested=None, server=None) -> bytes:
+    opts: list = [("message-type", msg)]
+    if requested:
+        opts.append(("requested_addr", requested))
+    if server:
+        opts.append(("server_id", server))
+    chaddr = bytes.fromhex(mac.replace(":", ""))
+    payload = bytes(BOOTP(op=1, xid=xid, flags=c.FLAG_BROADCAST, chaddr=chaddr + bytes(10))
+                    / DHCP(options=[*opts, "end"]))
+    return udp_frame(chaddr, BROADCAST, "0.0.0.0", "255.255.255.255", 68, 67, payload)
+
+
+def _collect(sock, want: dict[int, str], kind: int, deadline: float) -> dict[str, str]:
+    """xid -> mac we wait for; returns mac -> yiaddr of the ``kind`` replies seen."""
+    got: dict[str, str] = {}
+    while len(got) < len(want) and time.monotonic() < deadline:
+        if not select.select([sock], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            break
+        parsed = parse_frame(sock.recv(4096))
+        if parsed is None:
+            continue
+        msg = parsed[2]
+        if msg.msg_type == kind and want.get(msg.xid) == msg.mac:
+            got[msg.mac] = msg.yiaddr
+    return got
+
+
+def decline_storm(iface: str, server: str, clients: int, rounds: int) -> dict:
+    sock = _socket(iface)
+    stats = {"offers": 0, "acks": 0, "declines": 0}
+    for r in range(rounds):
+        macs = {0x1000 * (r + 1) + n: _mac(r, n) for n in range(clients)}
+        for xid, mac in macs.items():
+            sock.send(_client_frame(mac, xid, c.DISCOVER))
+        offers = _collect(sock, macs, c.OFFER, time.monotonic() + PHASE_WAIT)
+        stats["offers"] += len(offers)
+        for xid, mac in macs.items():
+            if mac in offers:
+                sock.send(_client_frame(mac, xid, c.REQUEST, offers[mac], server))
+        acked = {x: m for x, m in macs.items() if m in offers}
+        acks = _collect(sock, acked, c.ACK, time.monotonic() + PHASE_WAIT)
+        stats["acks"] += len(acks)
+        for xid, mac in macs.items():
+            if mac in acks:
+                sock.send(_client_frame(mac, xid, c.DECLINE, acks[mac], server))
+                stats["declines"] += 1
+    return stats
+
+
+def main(argv: list[str]) -> int:
+    if argv[0] == "sniff":
+        sniff(argv[1], argv[2])
+    elif argv[0] == "decline-storm":
+        print(json.dumps(decline_storm(argv[1], argv[2], int(argv[3]), int(argv[4]))))
+    else:
+        raise SystemExit(f"unknown command {argv[0]!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
