@@ -101,8 +101,11 @@ def _unary(cur: Cursor) -> Expr:
     if tok[0] == ATOM and tok[1].lower() == "not" or tok[0] == OP and tok[1] == "!":
         cur.next()
         cur.enter()
+        start = cur.peek()
         inner = _unary(cur)
         cur.leave()
+        if not is_boolean(inner):
+            raise cur.error("boolean expression expected after 'not'", start)
         return Not(inner, cur.pos(tok))
     return _primary(cur)
 
