@@ -30,6 +30,7 @@ _PRECEDENCE = {
     "|": 4, "^": 4, "&": 4, "+": 5, "-": 5, "*": 6, "/": 6, "%": 6,
 }
 _WORD_OPS = ("or", "and")
+_ATOM_OPS = ("-", "/")  # the lexer reads a lone - or / as a word
 BUILTINS = frozenset({
     "known", "static", "hardware", "leased-address", "host-decl-name", "lease-time",
     "client-state", "null", "filename", "server-name",
@@ -72,7 +73,7 @@ def _binary_op(cur: Cursor) -> str | None:
     kind, value, _ = cur.peek()
     if kind == OP and value in _PRECEDENCE:
         return value
-    if kind == ATOM and value.lower() in _WORD_OPS:
+    if kind == ATOM and (value.lower() in _WORD_OPS or value in _ATOM_OPS):
         return value.lower()
     return None
 

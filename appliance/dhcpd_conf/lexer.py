@@ -44,7 +44,9 @@ _SCANNER = re.compile(
     _SKIP
     + r"""(?:(?P<STR>"(?:[^"\\]|\\.)*")"""
     + r"|(?P<ATOM>[A-Za-z0-9_.:/\-]+)"
-    + r"|(?P<OP>~=|~~|!=|[^ \t\r\n\f\v#]))",
+    + r"|(?P<OP>~=|~~|!=|[^ \t\r\n\f\v#])"
+    # A trailing comment must end in a match, or finditer would retry inside it.
+    + r"|(?P<END>\Z))",
     re.DOTALL,
 )
 _ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.DOTALL)
@@ -129,6 +131,8 @@ def tokenize(text: str, filename: str = "<string>") -> list[tuple[str, str, int]
     """All tokens of ``text`` as ``(kind, value, offset)`` tuples."""
     tokens = [(m.lastgroup, m.group(m.lastgroup), m.start(m.lastgroup))
               for m in _SCANNER.finditer(text)]
+    while tokens and tokens[-1][0] == "END":
+        tokens.pop()
     for i, (kind, value, offset) in enumerate(tokens):
         if kind == STR:
             tokens[i] = (STR, unescape(value[1:-1]), offset)
