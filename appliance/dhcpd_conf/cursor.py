@@ -8,7 +8,7 @@ input fails with a parse error long before Python's recursion limit.
 
 from __future__ import annotations
 
-from .lexer import ATOM, OP, STR, DhcpdConfError, LineIndex, Pos, tokenize
+from .lexer import ATOM, OP, STR, DhcpdConfError, LineIndex, Pos, scan
 
 #: Deepest nesting of blocks, parentheses and includes the parser accepts.
 #: Real files nest < 10 deep; 100 levels stay far below Python's recursion
@@ -21,35 +21,38 @@ class Cursor:
     def __init__(self, text: str, filename: str, depth: int = 0):
         self.filename = filename
         self.lines = LineIndex(text, filename)
-        self.toks = tokenize(text, filename)
-        self.toks.append((EOF_KIND, "", len(text)))
+        self.kinds, self.values, self.offsets = scan(text, filename)
+        self.kinds.extend([EOF_KIND] * 3)  # peek(2) never runs off the end
+        self.values.extend([""] * 3)
+        self.offsets.extend([len(text)] * 3)
         self.i = 0
         self.depth = depth
 
     # -- looking -------------------------------------------------------------
     def peek(self, ahead: int = 0) -> tuple[str, str, int]:
-        return self.toks[min(self.i + ahead, len(self.toks) - 1)]
+        j = self.i + ahead
+        return self.kinds[j], self.values[j], self.offsets[j]
 
     def at_op(self, op: str) -> bool:
-        tok = self.toks[self.i]
-        return tok[0] == OP and tok[1] == op
+        i = self.i
+        return self.kinds[i] == OP and self.values[i] == op
 
     def at_word(self, *words: str) -> bool:
-        tok = self.toks[self.i]
-        return tok[0] == ATOM and tok[1].lower() in words
+        i = self.i
+        return self.kinds[i] == ATOM and self.values[i].lower() in words
 
     def at_eof(self) -> bool:
-        return self.toks[self.i][0] == EOF_KIND
+        return self.kinds[self.i] == EOF_KIND
 
     def pos(self, tok: tuple[str, str, int] | None = None) -> Pos:
-        return self.lines.pos((tok or self.toks[self.i])[2])
+        return self.lines.pos(tok[2] if tok else self.offsets[self.i])
 
     # -- taking --------------------------------------------------------------
     def next(self) -> tuple[str, str, int]:
-        tok = self.toks[self.i]
-        if tok[0] != EOF_KIND:
-            self.i += 1
-        return tok
+        i = self.i
+        if self.kinds[i] != EOF_KIND:
+            self.i = i + 1
+        return self.kinds[i], self.values[i], self.offsets[i]
 
     def accept_op(self, op: str) -> bool:
         if self.at_op(op):
@@ -69,30 +72,30 @@ class Cursor:
         return self.next()
 
     def expect_word(self, what: str = "a name") -> str:
-        tok = self.toks[self.i]
-        if tok[0] != ATOM:
+        i = self.i
+        if self.kinds[i] != ATOM:
             raise self.error(f"expected {what}")
-        self.i += 1
-        return tok[1]
+        self.i = i + 1
+        return self.values[i]
 
     def expect_name(self, what: str) -> str:
         """A bare word or a quoted string (dhcpd allows both for most names)."""
-        tok = self.toks[self.i]
-        if tok[0] not in (ATOM, STR):
+        i = self.i
+        if self.kinds[i] not in (ATOM, STR):
             raise self.error(f"expected {what}")
-        self.i += 1
-        return tok[1]
+        self.i = i + 1
+        return self.values[i]
 
     def expect_string(self, what: str = "a quoted string") -> str:
-        tok = self.toks[self.i]
-        if tok[0] != STR:
+        i = self.i
+        if self.kinds[i] != STR:
             raise self.error(f"expected {what}")
-        self.i += 1
-        return tok[1]
+        self.i = i + 1
+        return self.values[i]
 
     # -- errors and depth ----------------------------------------------------
     def error(self, message: str, tok: tuple[str, str, int] | None = None) -> DhcpdConfError:
-        tok = tok or self.toks[self.i]
+        tok = tok or self.peek()
         if tok[0] == EOF_KIND:
             message += " (found end of file)"
         else:

@@ -6,8 +6,8 @@ Contract:
   and never skips a character silently: whitespace and ``#`` comments are
   dropped, everything else becomes a token.  An unterminated string is the
   only lexical error.
-* A token is a plain ``(kind, value, offset)`` tuple (the ``Token``
-  NamedTuple is its typed view): plain tuples keep a 10 MB file fast.
+* ``tokenize`` gives ``Token(kind, value, offset)``; ``scan`` gives the same
+  as three parallel lists, which keeps a 10 MB file fast (see ``scan``).
   ``kind`` is one of ``STR``, ``ATOM``, ``OP``.  Positions are computed on
   demand from the offset by ``LineIndex`` (1-based line and column).
 * ``ATOM`` is one run of ``[A-Za-z0-9_.:/-]``: names (``domain-name``,
@@ -30,23 +30,19 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
 from typing import NamedTuple
 
 STR = "STR"
 ATOM = "ATOM"
 OP = "OP"
 
-# Possessive: skipped text is never given back to a token (a comment at the
-# end of the file must not be re-read as tokens).
-_SKIP = r"(?:[ \t\r\n\f\v]++|\#[^\n]*+)*+"
+# Whitespace matches no alternative, so finditer skips it in C; a comment is
+# a token of its own (dropped afterwards) so its text is never tokenized.
 _SCANNER = re.compile(
-    _SKIP
-    + r"""(?:(?P<STR>"(?:[^"\\]|\\.)*")"""
-    + r"|(?P<ATOM>[A-Za-z0-9_.:/\-]+)"
-    + r"|(?P<OP>~=|~~|!=|[^ \t\r\n\f\v#])"
-    # A trailing comment must end in a match, or finditer would retry inside it.
-    + r"|(?P<END>\Z))",
+    r"""(?P<COMMENT>\#[^\n]*)"""
+    r"""|(?P<STR>"(?:[^"\\]|\\.)*")"""
+    r"|(?P<ATOM>[A-Za-z0-9_.:/\-]+)"
+    r"|(?P<OP>~=|~~|!=|[^ \t\r\n\f\v])",
     re.DOTALL,
 )
 _ESCAPE = re.compile(r"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.DOTALL)
@@ -68,9 +64,10 @@ class DhcpdConfError(ValueError):
         self.col = col
 
 
-@dataclass(frozen=True, slots=True)
-class Pos:
-    """Where a token or node starts: file name, 1-based line and column."""
+class Pos(NamedTuple):
+    """Where a token or node starts: file name, 1-based line and column.
+    (An immutable value like the nodes, but a NamedTuple: a 10 MB file makes
+    a million of them.)"""
 
     file: str
     line: int
@@ -97,10 +94,18 @@ class LineIndex:
         self.filename = filename
         self._starts = [0]
         self._starts.extend(m.end() for m in re.finditer("\n", text))
+        self._starts.append(len(text) + 1)  # sentinel: the line after the last
+        self._i = 0  # the parser moves forward: start from the last line found
 
     def pos(self, offset: int) -> Pos:
-        i = bisect.bisect_right(self._starts, offset) - 1
-        return Pos(self.filename, i + 1, offset - self._starts[i] + 1)
+        starts, i = self._starts, self._i
+        if not starts[i] <= offset < starts[i + 1]:
+            if starts[i + 1] <= offset < starts[i + 2] if i + 2 < len(starts) else False:
+                i += 1
+            else:
+                i = bisect.bisect_right(starts, offset) - 1
+            self._i = i
+        return Pos(self.filename, i + 1, offset - starts[i] + 1)
 
     def error(self, message: str, offset: int) -> DhcpdConfError:
         p = self.pos(offset)
@@ -127,18 +132,34 @@ def string_bytes(value: str) -> bytes:
     return value.encode("utf-8", "surrogateescape")
 
 
-def tokenize(text: str, filename: str = "<string>") -> list[tuple[str, str, int]]:
-    """All tokens of ``text`` as ``(kind, value, offset)`` tuples."""
-    tokens = [(m.lastgroup, m.group(m.lastgroup), m.start(m.lastgroup))
-              for m in _SCANNER.finditer(text)]
-    while tokens and tokens[-1][0] == "END":
-        tokens.pop()
-    for i, (kind, value, offset) in enumerate(tokens):
+def scan(text: str, filename: str = "<string>") -> tuple[list[str], list[str], list[int]]:
+    """The tokens of ``text`` as three parallel lists: kinds, values, offsets.
+
+    Lists of plain strings and ints are invisible to the cyclic garbage
+    collector; a million token tuples alive during a parse are not, and
+    made the collector cost more than the parse itself."""
+    kinds: list[str] = []
+    values: list[str] = []
+    offsets: list[int] = []
+    add_kind, add_value, add_offset = kinds.append, values.append, offsets.append
+    for m in _SCANNER.finditer(text):
+        kind = m.lastgroup
+        if kind == "COMMENT":
+            continue
+        value = m.group()
         if kind == STR:
-            tokens[i] = (STR, unescape(value[1:-1]), offset)
+            value = unescape(value[1:-1])
         elif value == '"':
-            raise LineIndex(text, filename).error("unterminated string", offset)
-    return tokens  # type: ignore[return-value]
+            raise LineIndex(text, filename).error("unterminated string", m.start())
+        add_kind(kind)
+        add_value(value)
+        add_offset(m.start())
+    return kinds, values, offsets
+
+
+def tokenize(text: str, filename: str = "<string>") -> list[Token]:
+    """All tokens of ``text`` (``scan`` is the fast form the parser uses)."""
+    return [Token(*t) for t in zip(*scan(text, filename), strict=True)]
 
 
 def is_number(atom: str) -> bool:

@@ -235,7 +235,7 @@ class StatementParser:
 
     def _allow(self, pos: Pos) -> ast.AllowDeny:
         cur = self.cur
-        verb = cur.toks[cur.i - 1][1].lower()
+        verb = cur.values[cur.i - 1].lower()
         words, class_name = [], None
         while cur.peek()[0] == ATOM:
             words.append(cur.next()[1].lower())
