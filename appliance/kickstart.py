@@ -58,7 +58,7 @@ class Renderer:
     """Renders library templates and one-off strings through a sandbox.
 
     ``sandbox`` is an :class:`appliance.sandbox.RenderSandbox` (started by
-    the caller) or, in unit tests, :class:`appliance.sandbox.InlineSandbox`.
+    the caller) or, in unit tests, :class:`appliance.sandbox_inline.InlineSandbox`.
     """
 
     def __init__(self, sandbox, library: TemplateLibrary):

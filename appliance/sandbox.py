@@ -263,7 +263,8 @@ def _result(label: str, reply: dict) -> str:
 
 
 class _Api:
-    """The rendering API shared by RenderSandbox and InlineSandbox (``_call`` differs)."""
+    """The rendering API shared by RenderSandbox and
+    :class:`~appliance.sandbox_inline.InlineSandbox` (``_call`` differs)."""
 
     def render(self, name: str, sources: dict[str, str], context: dict) -> str:
         """Render ``sources[name]``; includes/imports/extends resolve in ``sources``."""
@@ -282,37 +283,6 @@ class _Api:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()  # type: ignore[attr-defined]
-
-
-class InlineSandbox(_Api):
-    """The same API and in-process guards (Jinja2 sandbox, range/repeat/format/
-    output caps, error mapping, JSON-only context) in the calling thread --
-    WITHOUT time or memory limits and without process isolation.  For unit
-    tests of callers; never for user templates in a running appliance.
-    """
-
-    def __init__(self, limits: Limits = Limits()) -> None:
-        self.limits = limits
-        self._lock = threading.Lock()
-        self._worker: sandbox_worker.Worker | None = None
-
-    def start(self) -> Self:
-        return self
-
-    def stop(self) -> None:
-        self._worker = None
-
-    def worker_pids(self) -> list[int]:
-        return []
-
-    def _call(self, label: str, request: list) -> str:
-        request = json.loads(_encode(label, request))
-        with self._lock:  # one Environment, whose loader is swapped per call
-            if self._worker is None:
-                self._worker = sandbox_worker.Worker(self.limits.output_bytes,
-                                                     self.limits.max_range)
-            reply = self._worker.handle(*request)
-        return _result(label, reply)
 
 
 class RenderSandbox(_Api):

@@ -315,7 +315,7 @@ def serve(args) -> None:
     from appliance.kickstart import Renderer
     from appliance.leases import Allocator
     from appliance.policy import BootPolicy
-    from appliance.sandbox import InlineSandbox
+    from appliance.sandbox_inline import InlineSandbox
     from appliance.servers.dhcp import DhcpContext, DhcpServer
     from appliance.store import Store
     from appliance.templates import TemplateLibrary

@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--max-sessions", type=int, default=None,
                     help="override TftpServer's max_sessions (default: the server's own)")
+    ap.add_argument("--busy-poll", type=float, default=None,
+                    help="override TftpServer's busy_poll seconds (0: never spin)")
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = {}
     if args.max_sessions is not None:
         kwargs["max_sessions"] = args.max_sessions
+    if args.busy_poll is not None:
+        kwargs["busy_poll"] = args.busy_poll
     server = TftpServer(args.root, bind=(args.host, args.port), **kwargs)
     stop = threading.Event()
     status_wanted = threading.Event()

@@ -15,7 +15,7 @@ from appliance.events import EventLog
 from appliance.kickstart import Renderer
 from appliance.model import Distro, Host, Profile
 from appliance.policy import BootPolicy
-from appliance.sandbox import InlineSandbox
+from appliance.sandbox_inline import InlineSandbox
 from appliance.servers.http import HttpServer
 from appliance.store import Store
 from appliance.templates import TemplateLibrary

@@ -20,7 +20,7 @@ from appliance.kickstart import Renderer
 from appliance.leases import Allocator
 from appliance.model import Distro, Host, Profile
 from appliance.policy import BootPolicy
-from appliance.sandbox import InlineSandbox
+from appliance.sandbox_inline import InlineSandbox
 from appliance.servers import dhcp_codec as c
 from appliance.servers.dhcp import DhcpContext, make_reply
 from appliance.store import Store

@@ -159,7 +159,7 @@ def test_dhcp_server_sends_acks_only_after_commit(tmp_path):
     from appliance.events import EventLog
     from appliance.kickstart import Renderer
     from appliance.policy import BootPolicy
-    from appliance.sandbox import InlineSandbox
+    from appliance.sandbox_inline import InlineSandbox
     from appliance.servers import dhcp_codec as c
     from appliance.servers.dhcp import DhcpContext, DhcpServer
     from appliance.templates import TemplateLibrary

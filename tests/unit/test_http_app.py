@@ -16,7 +16,7 @@ from appliance.events import EventLog
 from appliance.kickstart import Renderer
 from appliance.model import Distro, Firmware, Host, Lease, Profile
 from appliance.policy import BootPolicy
-from appliance.sandbox import InlineSandbox
+from appliance.sandbox_inline import InlineSandbox
 from appliance.store import Store
 from appliance.templates import TemplateLibrary
 from appliance.web import Services, create_app

@@ -10,7 +10,7 @@ from appliance.config import load_config
 from appliance.kickstart import Renderer
 from appliance.model import Distro, Firmware, Host, Machine, Profile
 from appliance.policy import BootPolicy
-from appliance.sandbox import InlineSandbox
+from appliance.sandbox_inline import InlineSandbox
 from appliance.store import Store
 from appliance.templates import TemplateLibrary
 

@@ -19,7 +19,7 @@ from appliance.events import EventLog
 from appliance.kickstart import Renderer
 from appliance.model import Distro, Host, Profile
 from appliance.policy import BootPolicy
-from appliance.sandbox import InlineSandbox
+from appliance.sandbox_inline import InlineSandbox
 from appliance.servers import dhcp_codec as c
 from appliance.servers.proxydhcp import (
     PXE_BOOT_ITEM,

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from appliance.sandbox import InlineSandbox, Limits, RenderSandbox, TemplateError
+from appliance.sandbox_inline import InlineSandbox, Limits, RenderSandbox, TemplateError
 
 
 @pytest.fixture(scope="module")
