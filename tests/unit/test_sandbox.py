@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from appliance.sandbox_inline import InlineSandbox, Limits, RenderSandbox, TemplateError
+from appliance.sandbox import Limits, RenderSandbox, TemplateError
+from appliance.sandbox_inline import InlineSandbox
 
 
 @pytest.fixture(scope="module")
