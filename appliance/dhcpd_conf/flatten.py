@@ -122,7 +122,7 @@ class Flattener:
         self.used = used
         self.warn = warn
         self.names = option_names(config)
-        self._texts: dict[int, str] = {}
+        self._texts: dict[int, tuple[Expr, str]] = {}  # keeps the node: ids stay unique
         self._scopes: dict[int, list[BootRule]] = {}
         self.class_rules: list[BootRule] = []
         for node in config.walk():
@@ -165,8 +165,8 @@ class Flattener:
             if bad is not None:
                 self.warn(bad[0], f"boot condition uses {bad[1]}, which is not evaluated: "
                                   "that rule never matches")
-            self._texts[id(cond)] = format_expr(_rename(cond, self.names))
-        return self._texts[id(cond)]
+            self._texts[id(cond)] = (cond, format_expr(_rename(cond, self.names)))
+        return self._texts[id(cond)][1]
 
     def _rules(self, entries: list[Entry]) -> list[BootRule]:
         return [BootRule(self._text(c), **{f: v}) for c, f, v in entries]
