@@ -98,6 +98,7 @@ class _Planner:
         self.subnet_chains: list[tuple[ipaddress.IPv4Network, tuple]] = []
         self._options: dict[int, dict] = {}
         self.ip_holders: dict = {}
+        self.scope_cache: dict = {}
 
     def _warn(self, pos: Pos, message: str, mac: str | None = None) -> None:
         self.out.warnings.append(Issue(where(pos), message, mac))

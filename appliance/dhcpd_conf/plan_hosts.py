@@ -54,17 +54,39 @@ def _address(p, host: ast.Host) -> str | None:
     return None
 
 
+def _last(p, scope, test) -> ast.Statement | None:
+    """The last statement of ``scope``'s own body passing ``test`` (cached per
+    scope: a group of 10,000 hosts is scanned once, not once per host)."""
+    key = (id(scope), test)
+    if key not in p.scope_cache:
+        p.scope_cache[key] = next((n for n in reversed(scope.body) if test(n)), None)
+    return p.scope_cache[key]
+
+
+def _is_host_name(node) -> bool:
+    return isinstance(node, ast.Option) and node.name == "host-name" and bool(node.items)
+
+
+def _is_decl_names(node) -> bool:
+    return isinstance(node, ast.Parameter) and node.name == "use-host-decl-names"
+
+
+def _is_lease_time(node) -> bool:
+    return isinstance(node, ast.Parameter) and node.name == "default-lease-time" \
+        and (node.text or "").isdigit()
+
+
 def _name(p, hs: HostInScope, inner: tuple, outer: tuple) -> str | None:
     for scope in (hs.host, *reversed(inner)):
-        for node in reversed(scope.body):
-            if isinstance(node, ast.Option) and node.name == "host-name" and node.items:
-                p.ledger.used.add(id(node))
-                return node.items[0][0].text
+        node = _last(p, scope, _is_host_name)
+        if node is not None:
+            p.ledger.used.add(id(node))
+            return node.items[0][0].text
     for scope in (hs.host, *reversed(inner), *reversed(outer)):
-        for node in reversed(scope.body):
-            if isinstance(node, ast.Parameter) and node.name == "use-host-decl-names":
-                p.ledger.used.add(id(node))
-                return hs.host.name if (node.text or "").lower() in _ON else None
+        node = _last(p, scope, _is_decl_names)
+        if node is not None:
+            p.ledger.used.add(id(node))
+            return hs.host.name if (node.text or "").lower() in _ON else None
     return None
 
 
@@ -86,11 +108,10 @@ def _map_one(p, hs: HostInScope) -> Host | None:
     options: dict = {}
     for scope in (*inner, host):
         options.update(p.scope_options(scope))
-        for node in scope.body:  # a host's own default lease time (dhcp_options)
-            if isinstance(node, ast.Parameter) and node.name == "default-lease-time" \
-                    and (node.text or "").isdigit():
-                p.ledger.used.add(id(node))
-                options["dhcp-lease-time"] = int(node.text)
+        node = _last(p, scope, _is_lease_time)  # a host's default lease time (dhcp_options)
+        if node is not None:
+            p.ledger.used.add(id(node))
+            options["dhcp-lease-time"] = int(node.text)
     return Host(mac=mac, profile=None, name=_name(p, hs, inner, outer), ip=ip, netboot=True,
                 options=options, boot_rules=p.flat.host_rules(host, inner, outer),
                 tenant=p.tenant, source=p.out.source)
