@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from . import dhcp_options
+from .cli_dhcpd import COMMANDS as DHCPD_COMMANDS
 from .cli_subnets import cmd_subnet
 from .config import Config, ConfigError, load_config
 from .model import Distro, Host, Profile, norm_mac
@@ -110,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_templates import add_parsers
     add_parsers(sub)
     add_subnet_parser(sub)
+    from .cli_dhcpd import add_parsers as add_dhcpd_parsers
+    add_dhcpd_parsers(sub)
 
     dh = sub.add_parser("dhcp", help="DHCP state").add_subparsers(dest="action", required=True)
     dh.add_parser("rogues", help="other DHCP servers seen on the provisioning network"
@@ -233,7 +236,8 @@ def _serve(cfg: Config, args) -> int:
 
 
 COMMANDS = {"distro": _cmd_distro, "profile": _cmd_profile, "host": _cmd_host,
-            "events": _cmd_events, "subnet": cmd_subnet, "dhcp": _cmd_dhcp}
+            "events": _cmd_events, "subnet": cmd_subnet, "dhcp": _cmd_dhcp,
+            **DHCPD_COMMANDS}
 
 
 def _with_appliance(cfg: Config, args) -> int:

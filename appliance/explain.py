@@ -36,7 +36,8 @@ def explain(mac: str, arch: int | None, ipxe: bool, appliance) -> dict:
     cfg, policy = appliance.config, appliance.policy
     firmware, http = classify(arch, cfg.dhcp.arch_overrides)
     machine = Machine(mac=mac, firmware=firmware, arch=arch, ipxe=ipxe, http_client=http,
-                      vendor_class="HTTPClient" if http else "PXEClient")
+                      vendor_class="HTTPClient" if http else "PXEClient",
+                      user_class="iPXE" if ipxe else None)
     host = appliance.store.host(mac)
     report: dict = {
         "mac": mac, "client": {"arch": describe(arch), "firmware": firmware.value,
@@ -51,8 +52,10 @@ def explain(mac: str, arch: int | None, ipxe: bool, appliance) -> dict:
         return report
     report["decision"] = "local boot (netboot off)" if spec.local else \
         f"install profile {spec.profile}"
+    if spec.imported:
+        report["decision"] = f"imported boot rules: {spec.rule}"
     filename, options = boot_options(machine, spec, cfg)
-    report["dhcp"] = {"next_server": cfg.address, "filename": filename,
+    report["dhcp"] = {"next_server": spec.next_server or cfg.address, "filename": filename,
                       "options": [_option_text(n, v) for n, v in options]}
     report["ipxe_script"] = appliance.scripts.ipxe(spec, cfg.base_url)
     if not spec.local:

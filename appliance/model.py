@@ -112,6 +112,25 @@ class TemplateVersion:
 
 
 @dataclass(frozen=True)
+class BootRule:
+    """One imported boot decision (from an ISC dhcpd.conf, see
+    :mod:`appliance.dhcpd_conf.flatten`).
+
+    ``when`` is a dhcp-eval(5) boolean expression as ISC text (``None``:
+    always); :mod:`appliance.boot_rules` parses it once and evaluates it
+    against the request.  Each of ``filename`` / ``next_server`` /
+    ``server_name`` may be ``None`` (this rule does not set it).  A host's
+    rules are ordered: for each field the first matching rule that sets it
+    wins (dhcpd's "innermost scope, last statement" order, flattened).
+    """
+
+    when: str | None = None
+    filename: str | None = None
+    next_server: str | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
 class Host:
     """A machine the operator knows, keyed by MAC.
 
@@ -120,6 +139,14 @@ class Host:
     current install (``None`` when netboot is off).  ``options`` are DHCP
     options for this host only (ISC name -> canonical value, see
     :mod:`appliance.dhcp_options`), laid over its subnet's.
+
+    ``boot_rules`` is what an imported dhcpd.conf said this host boots; it
+    is used only when the host has no ``profile`` (a profile means
+    Plowshare's own boot, which takes precedence).  ``tenant`` owns the host
+    (``None``: the operator).  ``source`` names the import that created it
+    (``dhcpd:operator``, ``dhcpd:<tenant>``; ``None``: added by hand): a
+    re-import from the same source removes the hosts it no longer lists and
+    never touches hosts of another source.
     """
 
     mac: str
@@ -130,6 +157,9 @@ class Host:
     token: str | None = None
     variables: dict = field(default_factory=dict, hash=False, compare=False)
     options: dict = field(default_factory=dict, hash=False, compare=False)
+    boot_rules: tuple[BootRule, ...] = ()
+    tenant: str | None = None
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +209,13 @@ class BootSpec:
     already rendered (it carries the install token).  ``loader`` is the first
     binary the firmware must fetch when it is not yet running iPXE (``None``
     when it is); ``script_url`` is the iPXE script that machine gets.
+
+    ``imported`` marks a host booted by its imported ``boot_rules`` (no
+    profile): DHCP then sends ``filename`` (``None``: no rule matched, no
+    boot answer), ``next_server`` as siaddr and ``server_name`` as sname
+    instead of Plowshare's loader, and Plowshare's own scripts exit to the
+    local disk (``local`` is True: there is nothing of ours to install).
+    ``rule`` says which rules decided, for ``plowshare explain``.
     """
 
     mac: str
@@ -191,3 +228,8 @@ class BootSpec:
     initrd: str | None = None
     cmdline: str = ""
     token: str | None = None
+    imported: bool = False
+    filename: str | None = None
+    next_server: str | None = None
+    server_name: str | None = None
+    rule: str | None = None

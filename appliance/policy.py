@@ -7,6 +7,12 @@ means "do not offer this machine anything to boot" (unknown MAC with
 ``unknown = "ignore"``, a firmware we have no loader for, or a broken
 profile -- each logged).  Netboot off is *not* ``None``: it is a spec with
 ``local=True`` so each loader can answer "boot from disk" for its firmware.
+
+Precedence: a host with a ``profile`` boots Plowshare's own way (loader,
+iPXE script, kernel).  A host with no profile but ``boot_rules`` (imported
+from a dhcpd.conf) boots what its rules say for this request
+(:mod:`appliance.boot_rules`): the spec is ``imported`` and carries the
+rule's filename / next-server / server-name.  Netboot off wins over both.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import logging
 
 from .arch import IPXE_LOADERS
+from .boot_rules import decide
 from .config import Config
 from .kickstart import Renderer, TemplateError, install_context
 from .model import BootSpec, Host, Machine
@@ -55,6 +62,8 @@ class BootPolicy:
         host = self._host(machine.mac)
         if host is None:
             return None
+        if host.profile is None and host.boot_rules and host.netboot:
+            return self._imported_spec(machine, host)
         ok, loader = self._loader(machine)
         if not ok:
             log.warning("%s no loader for firmware %s (arch %s)",
@@ -66,6 +75,15 @@ class BootPolicy:
         if not host.netboot:
             return base
         return self._install_spec(base, host)
+
+    def _imported_spec(self, machine: Machine, host: Host) -> BootSpec:
+        decision = decide(host.boot_rules, machine)
+        rule = decision.describe(host.boot_rules)
+        log.debug("%s imported rules: %s", machine.mac, rule)
+        return BootSpec(mac=machine.mac, firmware=machine.firmware, local=True, loader=None,
+                        script_url=self.script_url(machine.mac), imported=True,
+                        filename=decision.filename, next_server=decision.next_server,
+                        server_name=decision.server_name, rule=rule)
 
     def _resolve(self, host: Host):
         """(profile, distro, ip) for ``host``; ip falls back to its lease."""

@@ -20,6 +20,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import sqlite3
@@ -28,10 +29,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .model import Distro, Event, Host, Lease, Profile, TemplateVersion
+from .model import BootRule, Distro, Event, Host, Lease, Profile, TemplateVersion
+from .store_import import ImportRows
 from .store_subnets import SUBNETS_SCHEMA, SubnetRows
+from .store_tenants import TENANTS_SCHEMA, TenantRows
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -49,7 +52,8 @@ CREATE TABLE IF NOT EXISTS hosts (
     mac TEXT PRIMARY KEY, name TEXT, ip TEXT UNIQUE,
     profile TEXT REFERENCES profiles(name), netboot INTEGER NOT NULL,
     token TEXT UNIQUE, token_expires REAL, variables TEXT NOT NULL DEFAULT '{}',
-    options TEXT NOT NULL DEFAULT '{}');
+    options TEXT NOT NULL DEFAULT '{}', boot_rules TEXT NOT NULL DEFAULT '[]',
+    tenant TEXT, source TEXT);
 CREATE TABLE IF NOT EXISTS leases (
     ip TEXT PRIMARY KEY, mac TEXT NOT NULL, expires REAL NOT NULL,
     state TEXT NOT NULL, hostname TEXT);
@@ -58,14 +62,16 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, mac TEXT NOT NULL,
     kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
-""" + SUBNETS_SCHEMA
+""" + SUBNETS_SCHEMA + TENANTS_SCHEMA
+HOST_COLS = ("mac, name, ip, profile, netboot, token, token_expires, variables, options, "
+             "boot_rules, tenant, source")
 
 
 class StoreError(ValueError):
     """A write was refused (unknown reference, duplicate, bad value)."""
 
 
-class Store(SubnetRows):
+class Store(SubnetRows, TenantRows, ImportRows):
     """Typed access to the state database.  ``open()`` does the I/O."""
 
     def __init__(self, path: Path | str):
@@ -98,13 +104,17 @@ class Store(SubnetRows):
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
         """Schema 1 -> 2: variables on distros and profiles; 2 -> 3: options on
-        hosts (the subnets table is created by the schema script)."""
-        for table, column in (("distros", "variables"), ("profiles", "variables"),
-                              ("hosts", "options")):
+        hosts (the subnets table is created by the schema script); 3 -> 4:
+        boot_rules, tenant, source on hosts (tenant tables: schema script)."""
+        for table, column, decl in (
+                ("distros", "variables", "TEXT NOT NULL DEFAULT '{}'"),
+                ("profiles", "variables", "TEXT NOT NULL DEFAULT '{}'"),
+                ("hosts", "options", "TEXT NOT NULL DEFAULT '{}'"),
+                ("hosts", "boot_rules", "TEXT NOT NULL DEFAULT '[]'"),
+                ("hosts", "tenant", "TEXT"), ("hosts", "source", "TEXT")):
             cols = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in cols:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL "
-                           "DEFAULT '{}'")
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
@@ -215,41 +225,50 @@ class Store(SubnetRows):
     # -- hosts ---------------------------------------------------------------
     @staticmethod
     def _host(row) -> Host:
-        mac, name, ip, profile, netboot, token, _exp, variables, options = row
+        (mac, name, ip, profile, netboot, token, _exp, variables, options, rules,
+         tenant, source) = row
         return Host(mac=mac, name=name, ip=ip, profile=profile, netboot=bool(netboot),
                     token=token, variables=json.loads(variables or "{}"),
-                    options=json.loads(options or "{}"))
+                    options=json.loads(options or "{}"),
+                    boot_rules=tuple(BootRule(**r) for r in json.loads(rules or "[]")),
+                    tenant=tenant, source=source)
+
+    @staticmethod
+    def _host_row(h: Host, token_ttl: float) -> tuple:
+        """The ``HOST_COLS`` values of ``h``; netboot on gets a fresh install token."""
+        token, expires = (secrets.token_urlsafe(24), time.time() + token_ttl) \
+            if h.netboot else (None, None)
+        rules = [dataclasses.asdict(r) for r in h.boot_rules]
+        return (h.mac, h.name, h.ip, h.profile, int(h.netboot), token, expires,
+                json.dumps(h.variables), json.dumps(h.options), json.dumps(rules),
+                h.tenant, h.source)
+
+    _HOST_UPSERT = (f"INSERT INTO hosts ({HOST_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(mac) DO UPDATE SET " + ", ".join(
+                        f"{c}=excluded.{c}" for c in HOST_COLS.split(", ")[1:]))
 
     def add_host(self, h: Host, token_ttl: float) -> Host:
         """Insert or replace a host; netboot on gets a fresh install token."""
         if h.profile is not None and self.profile(h.profile) is None:
             raise StoreError(f"host {h.mac}: no profile named {h.profile!r}")
-        token, expires = (secrets.token_urlsafe(24), time.time() + token_ttl) \
-            if h.netboot else (None, None)
         try:
             with self._tx() as db:
                 # an upsert on the MAC: INSERT OR REPLACE would silently delete
                 # another host that holds the same reserved IP
-                db.execute("INSERT INTO hosts VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(mac) "
-                           "DO UPDATE SET name=excluded.name, ip=excluded.ip, "
-                           "profile=excluded.profile, netboot=excluded.netboot, "
-                           "token=excluded.token, token_expires=excluded.token_expires, "
-                           "variables=excluded.variables, options=excluded.options",
-                           (h.mac, h.name, h.ip, h.profile, int(h.netboot), token, expires,
-                            json.dumps(h.variables), json.dumps(h.options)))
+                db.execute(self._HOST_UPSERT, self._host_row(h, token_ttl))
         except sqlite3.IntegrityError as exc:
             raise StoreError(f"host {h.mac}: {exc}") from None
         return self.host(h.mac)
 
     def host(self, mac: str) -> Host | None:
-        rows = self._query("SELECT * FROM hosts WHERE mac=?", (mac,))
+        rows = self._query(f"SELECT {HOST_COLS} FROM hosts WHERE mac=?", (mac,))
         return self._host(rows[0]) if rows else None
 
     def hosts(self) -> list[Host]:
-        return [self._host(r) for r in self._query("SELECT * FROM hosts ORDER BY mac")]
+        return [self._host(r) for r in self._query(f"SELECT {HOST_COLS} FROM hosts ORDER BY mac")]
 
     def host_by_ip(self, ip: str) -> Host | None:
-        rows = self._query("SELECT * FROM hosts WHERE ip=?", (ip,))
+        rows = self._query(f"SELECT {HOST_COLS} FROM hosts WHERE ip=?", (ip,))
         return self._host(rows[0]) if rows else None
 
     def set_netboot(self, mac: str, on: bool, token_ttl: float) -> Host:
@@ -266,7 +285,7 @@ class Store(SubnetRows):
     def host_by_token(self, token: str, now: float | None = None) -> Host | None:
         """The host whose *current* install this token belongs to, if unexpired."""
         now = time.time() if now is None else now
-        rows = self._query("SELECT * FROM hosts WHERE token=? AND netboot=1 AND token_expires>?",
+        rows = self._query(f"SELECT {HOST_COLS} FROM hosts WHERE token=? AND netboot=1 AND token_expires>?",
                            (token, now))
         return self._host(rows[0]) if rows else None
 

@@ -101,9 +101,15 @@ def boot_options(machine: Machine, spec: BootSpec, config: Config,
     """(filename, options) that send ``machine`` to its next boot stage.
 
     Pure: this is also what ``plowshare explain`` prints.  ``uuid`` is the
-    client's option 97, echoed as the PXE spec asks.
+    client's option 97, echoed as the PXE spec asks.  An ``imported`` spec
+    sends the file its rules chose (an http(s) URL for iPXE is its script)
+    and names its next-server / server-name in option 66.
     """
     filename = spec.script_url if machine.ipxe else spec.loader or ""
+    tftp_server = config.address
+    if spec.imported:
+        filename = spec.filename or ""
+        tftp_server = spec.server_name or spec.next_server or config.address
     opts: list = []
     if machine.ipxe:
         opts.append((c.OPT_IPXE_ENCAP, bytes([c.IPXE_NO_PXEDHCP, 1, 1])))
@@ -116,7 +122,7 @@ def boot_options(machine: Machine, spec: BootSpec, config: Config,
     if uuid is not None:
         opts.append(("pxe_client_machine_identifier", uuid))
     if not machine.http_client and not machine.ipxe:
-        opts.append(("tftp_server_name", config.address.encode()))
+        opts.append(("tftp_server_name", tftp_server.encode()))
     opts.append(("boot-file-name", filename.encode()))
     return filename, opts
 
@@ -134,6 +140,8 @@ class BootAnswer:
     def note(self) -> str:
         stage = "ipxe-script" if self.machine.ipxe else "loader"
         what = "local" if self.spec.local else f"install {self.spec.profile}"
+        if self.spec.imported:
+            stage, what = "imported", f"next-server {self.spec.next_server or '-'}"
         return f"{stage} {self.filename} ({what}, {self.machine.firmware.value})"
 
 
@@ -151,6 +159,9 @@ def boot_answer(req: c.DhcpRequest, ctx) -> BootAnswer | None:
         log.info("%s no boot answer (arch %s, vendor %r, user class %r)", req.mac,
                  describe(req.arch), req.vendor_class, req.user_class)
         return None
+    if spec.imported and not spec.filename:
+        log.info("%s imported boot rules give no filename (%s)", req.mac, spec.rule)
+        return None
     filename, opts = boot_options(machine, spec, ctx.config, req.uuid)
     return BootAnswer(machine, spec, filename, opts)
 
@@ -159,7 +170,9 @@ def _with_boot(reply: c.DhcpReply, req: c.DhcpRequest, ctx: DhcpContext) -> c.Dh
     answer = boot_answer(req, ctx)
     if answer is None:
         return reply
-    reply.filename, reply.siaddr = answer.filename, ctx.config.address
+    reply.filename = answer.filename
+    reply.siaddr = answer.spec.next_server or ctx.config.address
+    reply.sname = answer.spec.server_name or ""
     reply.options += answer.options
     reply.note = answer.note
     return reply

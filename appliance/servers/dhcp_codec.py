@@ -121,6 +121,7 @@ class DhcpReply:
     yiaddr: str = "0.0.0.0"
     siaddr: str = "0.0.0.0"
     filename: str = ""
+    sname: str = ""  # BOOTP server host name field (RFC 951), empty unless set
     # scapy (name, value...) items, or (code, raw bytes) for any other option; in order
     options: list = field(default_factory=list)
     note: str = ""  # what the boot policy decided, for the event log
@@ -373,7 +374,7 @@ def encode(reply: DhcpReply, server_ip: str) -> bytes:
     header = BOOTP_HEADER.pack(
         BOOTREPLY, HTYPE_ETHER, HLEN_ETHER, 0, req.xid, 0, req.flags, ip_bytes(ciaddr),
         ip_bytes(reply.yiaddr), ip_bytes(reply.siaddr), ip_bytes(req.giaddr),
-        req.chaddr.ljust(16, b"\x00"), b"", file_field)
+        req.chaddr.ljust(16, b"\x00"), reply.sname.encode()[:63], file_field)
     options = [("message-type", reply.msg_type), ("server_id", server_ip), *reply.options]
     return b"".join((header, MAGIC_COOKIE, *map(_option_bytes, options), bytes((OPT_END,))))
 
