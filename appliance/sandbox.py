@@ -91,6 +91,10 @@ class TemplateError(ValueError):
         super().__init__(message)
 
 
+class WorkerDied(TemplateError):
+    """The worker was gone before it answered (not a timeout, not a bad reply)."""
+
+
 def _context() -> Any:
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
@@ -174,17 +178,21 @@ class _Worker:
 
     def request(self, payload: bytes, seconds: float, max_reply: int) -> dict:
         """Send one request, wait ``seconds`` for the reply, kill on any failure."""
+        died = False
         try:
             self.conn.send_bytes(payload)
             answered = self.conn.poll(seconds)
             reply = json.loads(self.conn.recv_bytes(max_reply)) if answered else None
-        except (EOFError, OSError, ValueError):  # died, reply too big, garbage
+        except (EOFError, BrokenPipeError, ConnectionResetError):  # it died first
+            reply = answered = None
+            died = True
+        except (OSError, ValueError):  # reply too big, garbage
             reply = answered = None
         if not isinstance(reply, dict):
             self.kill()
             if answered is False:
                 raise TemplateError(f"render exceeded {float(seconds)} s")
-            raise TemplateError(_death(self.exitcode))
+            raise (WorkerDied if died else TemplateError)(_death(self.exitcode))
         if reply.get("recycle"):
             self.kill()
         return reply
@@ -339,16 +347,28 @@ class RenderSandbox(_Api):
         return [pid for pid in pids if pid is not None]
 
     def _call(self, label: str, request: list) -> str:
+        """One render on a checked-out worker.  A worker found dead (killed from
+        outside -- an operator, the OOM killer -- while idle or mid-render)
+        costs one retry on another worker: renders are pure, and the caller
+        should not see a death that was not its template's doing."""
         payload = _encode(label, request)
-        worker = self._checkout(label)
-        try:
-            reply = worker.request(payload, self.limits.seconds,
-                                   6 * self.limits.output_bytes + 65536)
-        except TemplateError as exc:
-            raise _failed(label, exc, "limit") from None
-        finally:
-            self._checkin(worker)
-        return _result(label, reply)
+        for attempt in (1, 2):
+            worker = self._checkout(label)
+            try:
+                reply = worker.request(payload, self.limits.seconds,
+                                       6 * self.limits.output_bytes + 65536)
+            except WorkerDied as exc:
+                if attempt == 1:
+                    log.warning("template %s: %s; retrying once on another worker",
+                                label, exc.message)
+                    continue
+                raise _failed(label, exc, "limit") from None
+            except TemplateError as exc:
+                raise _failed(label, exc, "limit") from None
+            finally:
+                self._checkin(worker)
+            return _result(label, reply)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _checkout(self, label: str) -> _Worker:
         if not self._running:
