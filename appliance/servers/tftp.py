@@ -73,6 +73,7 @@ RECV_SIZE = 65536  # bigger than any legal TFTP datagram
 SEND_SIZE = 4 + te.BLKSIZE_MAX
 LISTEN_RCVBUF = 4 << 20  # bytes; 1,000 PXE clients powered on at once
 MAX_EVENTS = 256  # ready sockets handled per poll
+SPIN_MAX_SESSIONS = 4  # busy polling only while at most this many transfers run
 BURST = 64  # datagrams drained from the listener per readiness event
 FDS_PER_SESSION = 3  # its two sockets and (large files) its file
 FDS_SPARE = 64  # listener, wake pair, epoll, logging, the rest of the app
@@ -229,10 +230,14 @@ class TftpServer:
         ready = poller.wait(wait, MAX_EVENTS)
         self.now = now = monotonic()
         by_fd, buf = self._by_fd, self.recv_buf
+        # transfer traffic arms the busy poll -- only with few transfers: with
+        # many, the next datagram is usually queued already, and spinning
+        # would take CPU from whatever shares the machine
+        spin = len(by_fd) <= SPIN_MAX_SESSIONS
         for fd, _ in ready:
             session = by_fd.get(fd)
             if session is not None:
-                poller.spin_armed = True  # transfer traffic: the next ACK is near
+                poller.spin_armed = spin
                 try:
                     session.on_readable(buf)
                 except Exception:  # noqa: BLE001 - logged by _failed

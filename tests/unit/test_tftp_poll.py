@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from appliance.servers import tftp_poll
+from appliance.servers import tftp, tftp_poll
 from appliance.servers.tftp_poll import SPIN_MISS_LIMIT, _Poller
 
 
@@ -99,3 +99,33 @@ def test_zero_budget_never_spins(pair):
     p.spin_armed = True
     p.wait(0.0, 8)
     assert p.calls == [0.0]
+
+
+class _ReadyPoller(_Poller):
+    """Reports one fd ready once, then nothing."""
+
+    def __init__(self, fd):
+        super().__init__(SPIN_SECONDS_FOR_TEST)
+        self.ready = [(fd, 1)]
+
+    def wait(self, seconds, maxevents):
+        ready, self.ready = self.ready, []
+        return ready
+
+
+SPIN_SECONDS_FOR_TEST = 20e-6
+
+
+class _QuietSession:
+    def on_readable(self, buf):
+        pass
+
+
+@pytest.mark.parametrize("sessions", [1, tftp.SPIN_MAX_SESSIONS, tftp.SPIN_MAX_SESSIONS + 1, 50])
+def test_transfer_traffic_arms_spinning_only_with_few_transfers(tmp_path, sessions):
+    server = tftp.TftpServer(str(tmp_path), bind=("127.0.0.1", 0))  # not started: no I/O
+    for fd in range(100, 100 + sessions):
+        server._by_fd[fd] = _QuietSession()
+    server._poller = _ReadyPoller(100)
+    server.run_once(0.0)
+    assert server._poller.spin_armed is (sessions <= tftp.SPIN_MAX_SESSIONS)
