@@ -62,7 +62,7 @@ from .tftp_engine import (
     opcode_of,
     parse_request,
 )
-from .tftp_poll import SPIN_SECONDS, _Poller, raise_nofile, resource
+from .tftp_poll import SPIN_SECONDS, _Poller, ensure_nofile, transfer_sockets, udp_socket
 from .tftp_session import INF, Session
 
 log = logging.getLogger("plowshare.tftp")
@@ -132,38 +132,10 @@ class TftpServer:
         """Number of transfers in progress."""
         return len(self._by_client)
 
-    def _new_socket(self, addr: tuple[str, int], reuse: bool = False) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            if reuse:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.interface:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
-                                self.interface.encode())
-            sock.bind(addr)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
     def _open(self) -> None:
-        needed = self.max_sessions * FDS_PER_SESSION + FDS_SPARE
-        try:
-            changed = raise_nofile(needed)
-        except (OSError, ValueError) as exc:
-            log.warning("cannot raise RLIMIT_NOFILE to %d: %s", needed, exc)
-        else:
-            if changed:
-                log.info("RLIMIT_NOFILE soft limit raised from %d to %d (max_sessions %d "
-                         "needs about %d)", *changed, self.max_sessions, needed)
-        if resource is not None:
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            if soft != resource.RLIM_INFINITY and soft < needed:
-                log.warning("RLIMIT_NOFILE is %d, below the %d that max_sessions %d "
-                            "needs: requests beyond it get ERROR 0", soft, needed,
-                            self.max_sessions)
-        self._sock = self._new_socket(self.bind, reuse=True)
+        ensure_nofile(self.max_sessions * FDS_PER_SESSION + FDS_SPARE,
+                      f"max_sessions {self.max_sessions}")
+        self._sock = udp_socket(self.bind, self.interface, reuse=True)
         with contextlib.suppress(OSError):  # room for a burst of RRQs (capped by rmem_max)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LISTEN_RCVBUF)
         self._poller = _Poller(self.busy_poll)
@@ -332,7 +304,7 @@ class TftpServer:
 
     def _begin(self, client, req, acc: Accept) -> None:
         try:
-            sock, conn = self._transfer_sockets(client)
+            sock, conn = transfer_sockets(self.bind[0], client, self.interface)
         except OSError as exc:
             acc.close()
             return self._refuse(client, f"RRQ {req.filename!r}", Refuse(
@@ -351,27 +323,6 @@ class TftpServer:
             session.begin()
         except Exception:  # noqa: BLE001 - e.g. EIO reading block 1; logged by _failed
             self._failed(session)
-
-    def _transfer_sockets(self, client) -> tuple[socket.socket, socket.socket]:
-        """The transfer's TID: an unconnected socket on a fresh ephemeral port
-        (bound without SO_REUSEADDR, so the port is unique) and a second socket
-        on the same port connected to the client.  Linux delivers the client's
-        datagrams to the connected one (exact match wins), which needs no
-        address per packet (``recv_into``/``send``, cached route); the
-        unconnected one sees only foreign TIDs, answered with ERROR 5."""
-        sock = self._new_socket((self.bind[0], 0))
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            conn = self._new_socket(sock.getsockname()[:2], reuse=True)
-            try:
-                conn.connect(client)
-            except BaseException:
-                conn.close()
-                raise
-        except BaseException:
-            sock.close()
-            raise
-        return sock, conn
 
     def _refuse(self, client, what: str, refusal: Refuse, path: str | None = None) -> None:
         """Answer ERROR from the listener; a named file also emits tftp-error."""

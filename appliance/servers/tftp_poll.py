@@ -1,10 +1,12 @@
 """OS plumbing for the TFTP loop: the poller (epoll, with adaptive busy
-polling) and the file-descriptor limit.  No TFTP here."""
+polling), the transfer sockets and the file-descriptor limit.  No TFTP here."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import select
+import socket
 import time
 
 try:
@@ -12,6 +14,7 @@ try:
 except ImportError:  # pragma: no cover - not on Linux
     resource = None
 
+log = logging.getLogger("plowshare.tftp")
 monotonic = time.monotonic
 
 SPIN_SECONDS = 20e-6  # default busy-poll budget (see _Poller)
@@ -97,3 +100,61 @@ def raise_nofile(needed: int) -> tuple[int, int] | None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
             return soft, new
     return None
+
+
+def ensure_nofile(needed: int, why: str) -> None:
+    """Raise ``RLIMIT_NOFILE`` towards ``needed``; log what changed, or a
+    warning naming ``why`` when the hard limit is lower."""
+    try:
+        changed = raise_nofile(needed)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot raise RLIMIT_NOFILE to %d: %s", needed, exc)
+    else:
+        if changed:
+            log.info("RLIMIT_NOFILE soft limit raised from %d to %d (%s needs about %d)",
+                     *changed, why, needed)
+    if resource is not None:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY and soft < needed:
+            log.warning("RLIMIT_NOFILE is %d, below the %d that %s needs: requests "
+                        "beyond it get ERROR 0", soft, needed, why)
+
+
+def udp_socket(addr: tuple[str, int], interface: str | None,
+               reuse: bool = False) -> socket.socket:
+    """A bound, non-blocking UDP socket (``SO_BINDTODEVICE`` when ``interface``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if interface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        sock.bind(addr)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def transfer_sockets(host: str, client: tuple[str, int], interface: str | None
+                     ) -> tuple[socket.socket, socket.socket]:
+    """A transfer's TID: an unconnected socket on a fresh ephemeral port
+    (bound without SO_REUSEADDR, so the port is unique) and a second socket
+    on the same port connected to the client.  Linux delivers the client's
+    datagrams to the connected one (exact match wins), which needs no
+    address per packet (``recv_into``/``send``, cached route); the
+    unconnected one sees only foreign TIDs, answered with ERROR 5."""
+    sock = udp_socket((host, 0), interface)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        conn = udp_socket(sock.getsockname()[:2], interface, reuse=True)
+        try:
+            conn.connect(client)
+        except BaseException:
+            conn.close()
+            raise
+    except BaseException:
+        sock.close()
+        raise
+    return sock, conn
