@@ -8,7 +8,11 @@ says iPXE) and an OVMF guest (ROM removed: plain UEFI PXE, arch 7) boot.
 Each must get the file's fixed-address and next-server and fetch exactly
 what the file names for it -- the TFTP loader for its arch (UEFI), then the
 iPXE URL -- and nothing else; the policy must say it used the imported
-rules (the DHCP events and ``plowshare explain`` name them).  A sniffer on
+rules (the DHCP events and ``plowshare explain`` name them).  Two hosts
+have Cobbler's full per-host ``if iPXE {URL} else {loader}`` (host
+statements win over the class's); a second UEFI host routes only iPXE, so
+its loader comes from the ``pxeclients`` class's ``system-arch = 00:07`` test
+against OVMF's real request.  A sniffer on
 the wire records the replies' siaddr / file as the clients saw them.
 
 The hosts have no Plowshare profile, so the iPXE URL (Plowshare's own
@@ -35,9 +39,13 @@ pytestmark = [
 ]
 
 BOOT_TIMEOUT = 300  # TCG: BIOS reaches the script in ~15 s, UEFI in ~35 s; be generous
-GUEST_INDEX = {"bios": 1, "uefi": 2}
-FIXED_HOST = {"bios": 51, "uefi": 52}  # fixed-address, outside the pool on purpose
-PER_ARCH = {"bios": "ipxe/undionly.kpxe", "uefi": "ipxe/snponly.efi"}
+# guest -> (firmware, MAC index, fixed-address host part (outside the pool on
+# purpose), loader the file names for its arch, given by the host itself?)
+GUESTS = {
+    "bios": ("bios", 1, 51, "ipxe/undionly.kpxe", True),
+    "uefi": ("uefi", 2, 52, "ipxe/snponly.efi", True),
+    "uefi-class": ("uefi", 3, 53, "ipxe/snponly.efi", False),
+}
 ARCH = {"bios": 0, "uefi": 7}  # option 93 (RFC 4578 2.1) each firmware sends
 FIRMWARE_LABEL = {"bios": "bios", "uefi": "efi-x64"}
 # statements of Cobbler's template that have no Plowshare equivalent: one warning each
@@ -92,29 +100,35 @@ COBBLER_HOST = Template("""\
         option routers $server;
         if exists user-class and option user-class = "iPXE" {
             filename "$url";
-        } else {
-            filename "$per_arch";
-        }
+        }$host_else
         next-server $server;
     }
 """)
+HOST_ELSE = Template(""" else {
+            filename "$per_arch";
+        }""")
 
 
 def script_url(lab: NetLab, mac: str) -> str:
     return f"http://{lab.server_addr}/boot/{mac}.ipxe"
 
 
-def guest_plan(lab: NetLab, firmware: str) -> dict:
-    """What the file gives the ``firmware`` guest (and so what it must boot)."""
-    mac = lab.guest_mac(GUEST_INDEX[firmware])
-    return {"mac": mac, "name": f"imp-{firmware}", "ip": lab.host_addr(FIXED_HOST[firmware]),
-            "url": script_url(lab, mac), "per_arch": PER_ARCH[firmware]}
+def guest_plan(lab: NetLab, guest: str) -> dict:
+    """What the file gives ``guest`` (and so what it must boot)."""
+    firmware, index, host, per_arch, host_else = GUESTS[guest]
+    mac = lab.guest_mac(index)
+    return {"mac": mac, "name": f"imp-{guest}", "ip": lab.host_addr(host),
+            "url": script_url(lab, mac), "per_arch": per_arch, "firmware": firmware,
+            "host_else": host_else}
 
 
 def render_cobbler_conf(lab: NetLab) -> str:
     common = {"server": lab.server_addr, "netmask": lab.netmask}
-    hosts = "".join(COBBLER_HOST.substitute(**guest_plan(lab, fw), **common)
-                    for fw in GUEST_INDEX)
+    hosts = ""
+    for guest in GUESTS:
+        want = guest_plan(lab, guest)
+        host_else = HOST_ELSE.substitute(want) if want["host_else"] else ""
+        hosts += COBBLER_HOST.substitute(want, **common, host_else=host_else)
     return COBBLER_CONF.substitute(
         network=lab.network.network_address, hosts=hosts, **common,
         pool_first=lab.host_addr(POOL_FIRST), pool_last=lab.host_addr(POOL_LAST))
@@ -177,9 +191,9 @@ def test_import_summary(site):
     assert summary["applied"] is True and summary["errors"] == [], summary
     assert summary["rejections"] == [] and summary["removed"] == []
     added = {h["mac"]: h for h in summary["added"]}
-    assert set(added) == {guest_plan(lab, fw)["mac"] for fw in GUEST_INDEX}
-    for fw in GUEST_INDEX:
-        want = guest_plan(lab, fw)
+    assert set(added) == {guest_plan(lab, g)["mac"] for g in GUESTS}
+    for guest in GUESTS:
+        want = guest_plan(lab, guest)
         host = added[want["mac"]]
         assert (host["ip"], host["name"], host["profile"], host["netboot"]) == (
             want["ip"], f"{want['name']}.example.org", None, True)
@@ -196,9 +210,10 @@ def test_import_summary(site):
     assert sorted(warned) == unmapped, summary["warnings"]
 
 
-def _ack_detail(lab: NetLab, firmware: str, filename: str) -> str:
-    ip = guest_plan(lab, firmware)["ip"]
-    return f"{ip} imported {filename} (next-server {lab.server_addr}, {FIRMWARE_LABEL[firmware]})"
+def _ack_detail(lab: NetLab, guest: str, filename: str) -> str:
+    want = guest_plan(lab, guest)
+    return (f"{want['ip']} imported {filename} (next-server {lab.server_addr}, "
+            f"{FIRMWARE_LABEL[want['firmware']]})")
 
 
 def _explain(site: Site, mac: str, arch: int, ipxe: bool) -> dict:
@@ -206,34 +221,34 @@ def _explain(site: Site, mac: str, arch: int, ipxe: bool) -> dict:
     return json.loads(site.cli("explain", mac, *flags, "--json"))
 
 
-def _host_rule(rules: list[dict], filename: str) -> str:
-    """How ``describe`` names the host's own iPXE-or-not rule giving ``filename``."""
-    i = next(i for i, r in enumerate(rules)
-             if r["filename"] == filename and "user-class" in (r["when"] or ""))
+def _rule(rules: list[dict], filename: str, by_host: bool) -> str:
+    """How ``describe`` names the rule giving ``filename``: the host's own
+    iPXE-or-not rule (``by_host``) or the pxeclients class's arch rule."""
+    i = next(i for i, r in enumerate(rules) if r["filename"] == filename and
+             ("user-class" if by_host else "PXEClient") in (r["when"] or ""))
     return f"filename from rule {i + 1} ({rules[i]['when']})"
 
 
-@pytest.mark.parametrize("firmware", list(GUEST_INDEX))
-def test_guest_boots_what_the_file_gives_it(site, firmware):
+@pytest.mark.parametrize("guest", list(GUESTS))
+def test_guest_boots_what_the_file_gives_it(site, guest):
     lab, server = site.lab, site.server
-    want = guest_plan(lab, firmware)
-    mac, url = want["mac"], want["url"]
+    want = guest_plan(lab, guest)
+    mac, url, firmware = want["mac"], want["url"], want["firmware"]
     # BIOS: the iPXE ROM asks with user class iPXE at once -> the URL.
     # UEFI: OVMF's PXE (arch 7) -> the file's loader over TFTP -> iPXE asks -> the URL.
     files = [url] if firmware == "bios" else [want["per_arch"], url]
 
-    guest = Guest(lab, want["name"], mac, workdir=site.work, firmware=firmware)
+    vm = Guest(lab, want["name"], mac, workdir=site.work, firmware=firmware)
     try:
-        server.boot(guest, lambda evs: any(e["kind"] == "http-script" for e in evs),
-                    BOOT_TIMEOUT)
+        server.boot(vm, lambda evs: any(e["kind"] == "http-script" for e in evs), BOOT_TIMEOUT)
     finally:
-        guest.stop()
-    events = [e for e in server.events(mac) if e["ts"] >= guest.started_epoch]
+        vm.stop()
+    events = [e for e in server.events(mac) if e["ts"] >= vm.started_epoch]
     timeline = [(e["kind"], e["detail"]) for e in events]
 
     # DHCP: the file's fixed-address and next-server, its filename per stage, by its rules
     acks = [d for k, d in timeline if k == "dhcp-ack"]
-    assert acks == [_ack_detail(lab, firmware, f) for f in files], timeline
+    assert acks == [_ack_detail(lab, guest, f) for f in files], timeline
     # fetched: exactly what the file names, nothing else (no default loader, no kernel)
     fetched = [(k, d) for k, d in timeline if k.startswith(("tftp-", "http-"))]
     tftp = [("tftp-start", want["per_arch"]), ("tftp-done", want["per_arch"])]
@@ -255,6 +270,7 @@ def test_guest_boots_what_the_file_gives_it(site, firmware):
     for ipxe, filename in stages:
         report = _explain(site, mac, ARCH[firmware], ipxe)
         assert report["decision"].startswith("imported boot rules: "), report
-        assert _host_rule(rules, filename) in report["decision"], report["decision"]
+        by_host = ipxe or want["host_else"]
+        assert _rule(rules, filename, by_host) in report["decision"], report["decision"]
         assert report["dhcp"]["filename"] == filename
         assert report["dhcp"]["next_server"] == lab.server_addr
