@@ -48,6 +48,8 @@ GUESTS = {
 }
 ARCH = {"bios": 0, "uefi": 7}  # option 93 (RFC 4578 2.1) each firmware sends
 FIRMWARE_LABEL = {"bios": "bios", "uefi": "efi-x64"}
+IMPORTED_LOCAL = "has imported boot rules and no install profile"  # ipxe-local.j2's echo
+LOCAL_ECHO_TIMEOUT = 60  # seconds from the script fetch to iPXE running it
 # statements of Cobbler's template that have no Plowshare equivalent: one warning each
 UNMAPPED = ("ddns-update-style", "allow ", "ignore ", "set ")
 
@@ -229,6 +231,19 @@ def _rule(rules: list[dict], filename: str, by_host: bool) -> str:
     return f"filename from rule {i + 1} ({rules[i]['when']})"
 
 
+def _client_saw(log: str, lab: NetLab, want: dict) -> None:
+    """The guest's own console report of each DHCP answer it acted on."""
+    text = log.replace("\r", "")
+    if want["firmware"] == "uefi":  # OVMF's PXE stage (EDK2 PxeBcDxe)
+        for line in (f"Station IP address is {want['ip']}",
+                     f"Server IP address is {lab.server_addr}",
+                     f"NBP filename is {want['per_arch']}"):
+            assert line in text, f"{line!r} not on the console:\n{text[-3000:]}"
+    for line in (f"net0: {want['ip']}/", f"Next server: {lab.server_addr}",  # iPXE
+                 f"Filename: {want['url']}"):
+        assert line in text, f"{line!r} not on the console:\n{text[-3000:]}"
+
+
 @pytest.mark.parametrize("guest", list(GUESTS))
 def test_guest_boots_what_the_file_gives_it(site, guest):
     lab, server = site.lab, site.server
@@ -241,25 +256,33 @@ def test_guest_boots_what_the_file_gives_it(site, guest):
     vm = Guest(lab, want["name"], mac, workdir=site.work, firmware=firmware)
     try:
         server.boot(vm, lambda evs: any(e["kind"] == "http-script" for e in evs), BOOT_TIMEOUT)
+        # the script iPXE got from the URL is the one for a host booted by its rules
+        vm.wait_for(re.escape(f"Plowshare: {mac} {IMPORTED_LOCAL}"), LOCAL_ECHO_TIMEOUT)
     finally:
         vm.stop()
+    _client_saw(vm.log, lab, want)
     events = [e for e in server.events(mac) if e["ts"] >= vm.started_epoch]
     timeline = [(e["kind"], e["detail"]) for e in events]
+    script_at = timeline.index(("http-script", "local"))
+    boot = timeline[:script_at + 1]  # the boot up to the URL (the firmware may go on)
 
     # DHCP: the file's fixed-address and next-server, its filename per stage, by its rules
-    acks = [d for k, d in timeline if k == "dhcp-ack"]
+    acks = [d for k, d in boot if k == "dhcp-ack"]
     assert acks == [_ack_detail(lab, guest, f) for f in files], timeline
     # fetched: exactly what the file names, nothing else (no default loader, no kernel)
-    fetched = [(k, d) for k, d in timeline if k.startswith(("tftp-", "http-"))]
+    fetched = [(k, d) for k, d in boot if k.startswith(("tftp-", "http-"))]
     tftp = [("tftp-start", want["per_arch"]), ("tftp-done", want["per_arch"])]
     assert fetched == (tftp if firmware == "uefi" else []) + [("http-script", "local")], \
+        timeline
+    assert {d for k, d in timeline if k.startswith(("tftp-", "http-file"))} <= set(files), \
         timeline
     host = server.host(mac)
     assert host["lease"] and host["lease"]["ip"] == want["ip"], host
 
     # on the wire: every reply to this guest carried the file's address, next-server, file
     replies = site.wire_replies(mac)
-    assert [r["file"] for r in replies if r["type"] == "ack"] == files, replies
+    acked = [r["file"] for r in replies if r["type"] == "ack"]
+    assert acked[:len(files)] == files, replies
     assert {(r["ip"], r["siaddr"], r["server"]) for r in replies} == {
         (want["ip"], lab.server_addr, lab.server_addr)}, replies
     assert {r["file"] for r in replies} == set(files), replies
