@@ -283,8 +283,8 @@ def test_guest_boots_what_the_file_gives_it(site, guest):
     replies = site.wire_replies(mac)
     acked = [r["file"] for r in replies if r["type"] == "ack"]
     assert acked[:len(files)] == files, replies
-    assert {(r["ip"], r["siaddr"], r["server"]) for r in replies} == {
-        (want["ip"], lab.server_addr, lab.server_addr)}, replies
+    assert {(r["ip"], r["siaddr"], r["sname"], r["server"]) for r in replies} == {
+        (want["ip"], lab.server_addr, "", lab.server_addr)}, replies  # no server-name in file
     assert {r["file"] for r in replies} == set(files), replies
 
     # explain (a dry run of the same policy) names the rule the guest was served by
