@@ -14,16 +14,20 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .lab import NetLab
+from .qemu import FIRMWARE_ERROR_PATTERNS, Guest, GuestError, boot_with_retry
 
 REPO = Path(__file__).resolve().parents[2]
 NETBOOT_TREE = REPO / "netboot" / "tree"
 READY_TIMEOUT = 30
 POLL = 0.2
 POOL_FIRST, POOL_LAST = 100, 199
+EVENT_POLL = 0.5  # seconds between two reads of a timeline while a guest boots
+
+Until = Callable[[list[dict]], bool]
 
 
 class PlowshareProcess:
@@ -48,6 +52,48 @@ class PlowshareProcess:
 
     def events(self, mac: str) -> list[dict]:
         return json.loads(self.cli("events", mac, "--json"))
+
+    def wait_events(self, mac: str, until: Until, timeout: float, *,
+                    guest: Guest | None = None, since: float | None = None,
+                    fail_patterns: Sequence[str] = FIRMWARE_ERROR_PATTERNS) -> list[dict]:
+        """Poll ``mac``'s timeline until ``until(events)`` holds; return those events.
+
+        ``events`` are the ones recorded at or after ``since`` (default: the
+        start of ``guest``'s current boot).  With ``guest``, fail at once when
+        its console shows one of ``fail_patterns`` (:class:`~.qemu.FirmwareError`,
+        which :func:`~.qemu.boot_with_retry` may retry) or QEMU exited; the
+        timeline is read before the console, so a boot that reached its goal
+        and then failed (e.g. "No bootable device" after a local-boot script)
+        still counts.  Timeout: AssertionError with the events and both logs.
+        """
+        if since is None:
+            since = guest.started_epoch if guest is not None else 0.0
+        deadline = time.monotonic() + timeout
+        while True:
+            events = [e for e in self.events(mac) if e["ts"] >= since]
+            if until(events):
+                return events
+            if guest is not None:
+                guest.check(fail_patterns)
+            if time.monotonic() > deadline:
+                tail = guest.log[-2000:] if guest is not None else ""
+                raise AssertionError(f"{mac}: timeline incomplete after {timeout}s: "
+                                     f"{[(e['kind'], e['detail']) for e in events]}\n"
+                                     f"guest console tail:\n{tail}\nserver:\n{self.log()}")
+            time.sleep(EVENT_POLL)
+
+    def boot(self, guest: Guest, until: Until, timeout: float, **retry) -> list[dict]:
+        """Boot ``guest`` until ``until(events of this boot)`` holds; return them.
+
+        One retry for OVMF's known flake (:func:`~.qemu.boot_with_retry`;
+        ``retry`` goes to it); any other failure raises at once with the
+        server's log attached.  The guest keeps running: stop it.
+        """
+        try:
+            return boot_with_retry(guest, wait=lambda g: self.wait_events(
+                g.mac, until, timeout, guest=g), **retry)
+        except GuestError as exc:  # a timeout already carries the server's log
+            raise AssertionError(f"{exc}\nserver log:\n{self.log()}") from None
 
     def start(self, config_path: Path | str | None = None,
               extra_args: Sequence[str] = (), pool: bool = True) -> PlowshareProcess:

@@ -1,12 +1,14 @@
 """Raw DHCP traffic for e2e tests, run *inside* a lab namespace as a script.
 
-    python -m tests.e2e.dhcp_raw sniff IFACE OUT        # record every server ACK
+    python -m tests.e2e.dhcp_raw sniff IFACE OUT [KINDS]  # record server ACKs (or KINDS)
     python -m tests.e2e.dhcp_raw decline-storm IFACE SERVER_IP CLIENTS ROUNDS
 
 ``sniff`` appends one JSON line per DHCPACK seen on IFACE (chaddr, yiaddr,
-lease time, capture time) and flushes each: it is the witness of what
-clients were really told, independent of the server's store.  It stops on
-SIGTERM.
+lease time, capture time, and the boot fields siaddr / sname / file) and
+flushes each: it is the witness of what clients were really told,
+independent of the server's store.  KINDS (comma-separated, e.g.
+``offer,ack``) records those message types instead, each line with its
+``type``.  It stops on SIGTERM.
 
 ``decline-storm`` plays CLIENTS x ROUNDS distinct MACs through DISCOVER ->
 OFFER -> REQUEST -> ACK -> DECLINE (RFC 2131 4.3.3), one round's clients in
@@ -20,6 +22,7 @@ import json
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -29,19 +32,37 @@ from appliance.servers import dhcp_codec as c
 from appliance.servers.l2 import udp_frame
 from appliance.servers.rogue import BPF_SRC_PORT_67, ETH_P_IP, attach_filter, parse_frame
 
+from .appliance_proc import REPO
+
+ETH_HEADER, UDP_HEADER = 14, 8
+ETH_P_ALL = 0x0003  # linux/if_ether.h: every protocol, both directions
 PHASE_WAIT = 8.0  # seconds one phase of a storm round waits for its replies
 BROADCAST = b"\xff" * 6
 
 
-def _socket(iface: str) -> socket.socket:
+def _socket(iface: str, proto: int = ETH_P_IP) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     attach_filter(sock, BPF_SRC_PORT_67)
-    sock.bind((iface, ETH_P_IP))
+    sock.bind((iface, proto))
     return sock
 
 
-def sniff(iface: str, out: str) -> None:
-    sock = _socket(iface)
+def boot_fields(frame: bytes) -> dict:
+    """siaddr, sname and file of the BOOTP reply in an Ethernet/IPv4/UDP ``frame``
+    (RFC 951 fixed fields; NUL padding stripped)."""
+    ihl = (frame[ETH_HEADER] & 0x0F) * 4
+    fields = c.BOOTP_HEADER.unpack_from(frame, ETH_HEADER + ihl + UDP_HEADER)
+    siaddr, sname, file = fields[9], fields[12], fields[13]
+    return {"siaddr": socket.inet_ntoa(siaddr),
+            "sname": sname.rstrip(b"\0").decode("latin-1"),
+            "file": file.rstrip(b"\0").decode("latin-1")}
+
+
+def sniff(iface: str, out: str, kinds: str = "ack") -> None:
+    wanted = {k for k, name in c.MSG_NAMES.items() if name in kinds.lower().split(",")}
+    # ETH_P_ALL: a tap bound to ETH_P_IP never sees a bridge port's frames (the
+    # bridge consumes them first); the BPF filter still keeps only UDP from port 67
+    sock = _socket(iface, ETH_P_ALL)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with open(out, "a") as fh:
@@ -54,12 +75,23 @@ def sniff(iface: str, out: str) -> None:
             except InterruptedError:
                 continue
             parsed = parse_frame(frame)
-            if parsed is None or parsed[2].msg_type != c.ACK:
+            if parsed is None or parsed[2].msg_type not in wanted:
                 continue
             msg = parsed[2]
             fh.write(json.dumps({"mac": msg.mac, "ip": msg.yiaddr, "lease": msg.lease_time,
-                                 "t": time.time(), "server": msg.server_id}) + "\n")
+                                 "t": time.time(), "server": msg.server_id,
+                                 "type": c.MSG_NAMES[msg.msg_type], **boot_fields(frame)})
+                     + "\n")
             fh.flush()
+
+
+def start_sniffer(lab, iface: str, out, kinds: str = "ack") -> subprocess.Popen:
+    """Run :func:`sniff` on ``iface`` in ``lab``'s wire namespace; return once it
+    listens.  Stop it with ``terminate()``; ``lab.stop()`` also does."""
+    proc = lab.popen_in_wire([sys.executable, "-m", "tests.e2e.dhcp_raw", "sniff", iface,
+                              str(out), kinds], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready", f"{kinds} sniffer did not start"
+    return proc
 
 
 def _mac(round_: int, n: int) -> str:
@@ -117,7 +149,7 @@ def decline_storm(iface: str, server: str, clients: int, rounds: int) -> dict:
 
 def main(argv: list[str]) -> int:
     if argv[0] == "sniff":
-        sniff(argv[1], argv[2])
+        sniff(*argv[1:4])
     elif argv[0] == "decline-storm":
         print(json.dumps(decline_storm(argv[1], argv[2], int(argv[3]), int(argv[4]))))
     else:

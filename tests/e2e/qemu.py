@@ -28,12 +28,13 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 from .lab import NetLab
 
+T = TypeVar("T")
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -135,6 +136,7 @@ class Guest:
         self.log_path: Path | None = None
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None
+        self.started_epoch: float | None = None  # time.time() of the current boot's start
         self._stderr_path = self.workdir / f"{name}-qemu.stderr"
 
     # -- command line --------------------------------------------------------
@@ -176,6 +178,7 @@ class Guest:
         with open(self._stderr_path, "ab") as stderr:
             self.proc = self.lab.popen_in_wire(self.command(), stdout=stderr, stderr=stderr)
         self.started_at = time.monotonic()
+        self.started_epoch = time.time()
         return self
 
     @property
@@ -198,6 +201,26 @@ class Guest:
     def qemu_stderr(self) -> str:
         """What QEMU itself printed (errors about ROMs, taps, firmware)."""
         return self._stderr_path.read_text(errors="replace") if self._stderr_path.exists() else ""
+
+    def check(self, fail_patterns: Sequence[str] = FIRMWARE_ERROR_PATTERNS,
+              start: int = 0) -> None:
+        """Raise now if this boot already failed: :class:`FirmwareError` (and kill
+        the guest) when one of ``fail_patterns`` is on the console at or after
+        ``start``, :class:`GuestExited` when QEMU has exited.  For callers that
+        wait on something other than the console (e.g. the server's events).
+        """
+        exited = not self.running
+        text = self.log
+        bad = [m for m in (re.compile(p, re.MULTILINE).search(text, start)
+                           for p in fail_patterns) if m]
+        if bad:
+            first = min(bad, key=lambda m: m.start())
+            self.stop()
+            raise FirmwareError(f"{self.name}: {first.group(0).strip()!r} after "
+                                f"{self.elapsed:.1f}s", text, first)
+        if exited:
+            raise GuestExited(f"{self.name}: QEMU exited ({self.proc.returncode}); "
+                              f"qemu stderr: {self.qemu_stderr.strip()}", text)
 
     def wait_for(self, pattern: str, timeout: float = BOOT_TIMEOUT, *,
                  fail_patterns: Sequence[str] = FIRMWARE_ERROR_PATTERNS,
@@ -258,16 +281,26 @@ class Guest:
         self.stop()
 
 
-def boot_with_retry(guest: Guest, pattern: str, timeout: float = BOOT_TIMEOUT, *,
+def boot_with_retry(guest: Guest, pattern: str | None = None,
+                    timeout: float = BOOT_TIMEOUT, *,
                     fail_patterns: Sequence[str] = FIRMWARE_ERROR_PATTERNS,
-                    retry_pattern: str = PXE_FLAKE_PATTERN, attempts: int = 2) -> re.Match:
+                    retry_pattern: str = PXE_FLAKE_PATTERN, attempts: int = 2,
+                    wait: Callable[[Guest], T] | None = None) -> re.Match | T:
     """Start ``guest`` and wait for ``pattern``; on a fail-fast error matching
     ``retry_pattern`` (OVMF's PXE-E07 flake) stop and boot again, up to
     ``attempts`` boots in all. Other errors propagate at once.
+
+    ``wait`` replaces the console wait: it is called with the guest after
+    each start, its result is returned, and a :class:`FirmwareError` it
+    raises (see :meth:`Guest.check`) is retried the same way.
     """
+    if (pattern is None) == (wait is None):
+        raise ValueError("give exactly one of pattern and wait")
     for attempt in range(1, attempts + 1):
         guest.start()
         try:
+            if wait is not None:
+                return wait(guest)
             return guest.wait_for(pattern, timeout, fail_patterns=fail_patterns)
         except FirmwareError as err:
             guest.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import pytest
 
@@ -58,19 +57,6 @@ def _kickstart(log: str) -> str:
     return m.group(1)
 
 
-def _wait_local_script(server: PlowshareProcess, mac: str, after: int, guest: Guest) -> list:
-    deadline = time.monotonic() + LOCAL_TIMEOUT
-    while time.monotonic() < deadline:
-        new = server.events(mac)[after:]
-        if any(e["kind"] == "http-script" and e["detail"].startswith("local") for e in new):
-            return new
-        if not guest.running:
-            break
-        time.sleep(1)
-    raise AssertionError(f"no local-boot script served to {mac}; events {new}\n"
-                         f"guest log tail:\n{guest.log[-2000:]}\nserver:\n{server.log()}")
-
-
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_netboot_once(served, firmware):
     lab, server, work = served
@@ -106,7 +92,9 @@ def test_netboot_once(served, firmware):
                    tap=guest.tap)
     try:
         second.start()
-        new = _wait_local_script(server, mac, len(first), second)
+        new = server.wait_events(mac, lambda evs: any(
+            e["kind"] == "http-script" and e["detail"].startswith("local") for e in evs),
+            LOCAL_TIMEOUT, guest=second)
     finally:
         second.stop()
     assert not [e for e in new if e["kind"] in ("http-kernel", "http-initrd", "kickstart")]

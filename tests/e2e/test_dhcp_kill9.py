@@ -26,12 +26,12 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
 
-from .appliance_proc import REPO, PlowshareProcess
+from .appliance_proc import PlowshareProcess
+from .dhcp_raw import start_sniffer
 from .lab import NetLab
 
 pytestmark = [
@@ -47,13 +47,6 @@ RELAY_HOST = 250              # the perfdhcp port's address (perfdhcp acts as a 
 RUN_BETWEEN = (0.2, 2.5)      # seconds the server runs between two kills (random)
 EXPIRY_SLACK = 60             # seconds between the commit and the ACK's capture, at most
 MIN_ACKS = 100
-
-
-def _start_sniffer(lab: NetLab, port: str, out) -> subprocess.Popen:
-    proc = lab.popen_in_wire([sys.executable, "-m", "tests.e2e.dhcp_raw", "sniff", port,
-                              str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready", "ACK sniffer did not start"
-    return proc
 
 
 def _acks(path) -> list[dict]:
@@ -117,7 +110,7 @@ def test_kill_9_twenty_times_under_perfdhcp_load(tmp_path):
         lab.run_in_wire(["ip", "addr", "add", f"{lab.host_addr(RELAY_HOST)}/{lab.prefix_len}",
                          "dev", port])
         acks_path = tmp_path / "acks.jsonl"
-        sniffer = _start_sniffer(lab, port, acks_path)
+        sniffer = start_sniffer(lab, port, acks_path)
         server.start(extra_args=["--pool", f"{net[POOL[0]]}-{net[POOL[1]]}"])
         with open(tmp_path / "perfdhcp.log", "wb") as perf_log:
             perf = lab.popen_in_wire(["perfdhcp", "-4", "-l", port, "-r", str(RATE),

