@@ -141,6 +141,11 @@ class Plowshare(Server):
     def ready(self) -> bool:
         return "listening on" in self.log()
 
+    def probes(self) -> int | None:
+        """ICMP echo requests the ping check sent during the run (None: check off)."""
+        m = re.search(r"ping check probes sent: (\d+)", self.log())
+        return int(m.group(1)) if m else None
+
     def leases(self):
         db = sqlite3.connect(self.state / "plowshare.db")
         try:
@@ -223,10 +228,13 @@ def run_point(kind: type[Server], rate: int, period: int, root: Path) -> dict:
                          timeout=period + 60)
     finally:
         server.stop()
+    stats["ping_probes"] = server.probes() if isinstance(server, Plowshare) else None
     stats.update(server=kind.name, target=rate, clients=clients,
                  passed=stats["do_drop_pct"] < DROP_LIMIT and stats["ra_drop_pct"] < DROP_LIMIT)
     print(f"{kind.name:9} rate {rate:5}: {stats['rate']:8.1f} ex/s  drops DO "
-          f"{stats['do_drop_pct']:.2f}% RA {stats['ra_drop_pct']:.2f}%", flush=True)
+          f"{stats['do_drop_pct']:.2f}% RA {stats['ra_drop_pct']:.2f}%"
+          + (f"  ping probes {stats['ping_probes']}" if stats["ping_probes"] is not None
+             else ""), flush=True)
     return stats
 
 
@@ -316,7 +324,10 @@ def serve(args) -> None:
     from appliance.leases import Allocator
     from appliance.policy import BootPolicy
     from appliance.sandbox import InlineSandbox
+    from appliance.servers.conflict import ConflictGuard
     from appliance.servers.dhcp import DhcpContext, DhcpServer
+    from appliance.servers.icmp_probe import IcmpProber
+    from appliance.servers.rogue import RogueDetector
     from appliance.store import Store
     from appliance.templates import TemplateLibrary
 
@@ -329,14 +340,25 @@ def serve(args) -> None:
     renderer = Renderer(InlineSandbox(), TemplateLibrary(store, cfg.kickstarts_dir))
     ctx = DhcpContext(cfg, BootPolicy(store, cfg, renderer),
                       Allocator(store, cfg.dhcp, cfg.address), EventLog(store), IF_SRV)
-    server = DhcpServer(ctx)
-    server.start()
-    print("listening on", IF_SRV, flush=True)
+    guard = None
+    if cfg.dhcp.ping_check:  # on by default, as at a site: skipped under load by its gate
+        guard = ConflictGuard(ctx.allocator, IcmpProber(IF_SRV))
+    servers = [DhcpServer(ctx, guard=guard)]
+    if cfg.dhcp.rogue_detect:  # on by default: a sniffer on the same interface
+        servers.append(RogueDetector(IF_SRV, cfg.address, ctx.events,
+                                     cfg.dhcp.rogue_probe_interval))
+    for server in servers:
+        server.start()
+    print("listening on", IF_SRV, f"(ping check {'on' if guard else 'off'}, rogue detection "
+          f"{'on' if cfg.dhcp.rogue_detect else 'off'})", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     while not stop:
         time.sleep(0.2)
-    server.stop()
+    for server in reversed(servers):
+        server.stop()
+    if guard is not None:
+        print(f"ping check probes sent: {guard.prober.probes_sent}", flush=True)
     store.close()
 
 

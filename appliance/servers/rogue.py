@@ -54,9 +54,14 @@ RECV_BUFFER = 4096
 PROBE_MAC = "02:50:4c:4f:57:53"  # locally administered, "PLOWS": the active probe's client
 BROADCAST_MAC = b"\xff" * 6
 
-# "ip and udp and src port 67" as classic BPF (what tcpdump -dd prints):
-# ethertype == IPv4, protocol == UDP, not a fragment, UDP source port == 67.
+SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # linux/filter.h: SKF_AD_OFF (-0x1000) + SKF_AD_PKTTYPE
+
+# "not outbound and ip and udp and src port 67" as classic BPF (tcpdump -dd):
+# the frame's packet type is not PACKET_OUTGOING (our own replies never wake
+# the detector: one per DHCP reply under load), ethertype == IPv4,
+# protocol == UDP, not a fragment, UDP source port == 67.
 BPF_SRC_PORT_67 = [
+    (0x20, 0, 0, SKF_AD_PKTTYPE), (0x15, 10, 0, PACKET_OUTGOING),
     (0x28, 0, 0, 12), (0x15, 0, 8, ETH_P_IP), (0x30, 0, 0, 23), (0x15, 0, 6, IPPROTO_UDP),
     (0x28, 0, 0, 20), (0x45, 4, 0, 0x1FFF), (0xB1, 0, 0, ETH_HEADER),
     (0x48, 0, 0, ETH_HEADER), (0x15, 0, 1, BOOTP_SERVER_PORT), (0x06, 0, 0, 0x40000),
