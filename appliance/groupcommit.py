@@ -13,10 +13,21 @@ Contract (the DHCP server's durability rests on it):
   no sleep.  Under load, whatever arrived during one fsync rides the next.
 * Until their batch is committed, queued leases are visible to the
   allocator through :meth:`lease_for_ip`, :meth:`lease_for_mac` and
-  :meth:`busy_ips`, which lay the pending writes over the committed store
+  :meth:`busy_ips`, which lay the pending writes over the committed leases
   (same rules as :meth:`Store.put_lease`: one row per IP, one lease per MAC).
-  This is not shadow state: it holds only writes in flight and empties
-  itself as they commit.
+  The pending writes are not shadow state: they are the writes in flight
+  and empty themselves as they commit.
+* The committed leases are read from memory, not SQLite: a
+  :class:`~appliance.indexes.LeaseIndex` loaded by :meth:`start` and then
+  changed by the writer thread only, with exactly the writes each commit
+  reported done, in the same locked step that drops them from the pending
+  view (a reader never sees a write in neither or both).  While a committer
+  runs it must be the only writer of leases; a write that bypasses it
+  bumps ``leases_generation``, and :meth:`sync` (the DHCP loop calls it once
+  per batch) has the writer reload the index, as it does after a commit
+  that refused a write.
+* Host reservations are checked against :attr:`GroupCommitter.hosts`: the
+  store, or the DHCP server's :class:`~appliance.indexes.HostIndex`.
 * Events ride the same batches; nothing waits for them.
 """
 
@@ -26,13 +37,14 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
+from .indexes import BUSY_STATES, LeaseIndex
 from .model import Event, Lease
-from .store import Store
+from .store import LEASES_GENERATION, Store
 
 log = logging.getLogger("plowshare.store")
 
 MAX_BATCH = 512  # writes per transaction; more simply wait for the next one
-BUSY_STATES = ("offered", "bound", "declined", "conflict")
+__all__ = ["BUSY_STATES", "GroupCommitter", "Ticket"]
 
 
 class Ticket:
@@ -104,9 +116,26 @@ class GroupCommitter:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.commits = 0
+        self.hosts = store  # host_by_ip() and reserved_ips(): the store or a HostIndex
+        self.committed = LeaseIndex()
+        self._generation: int | None = None  # leases_generation the index reflects
+        self._reload = False
+        self.reloads = 0  # full reads of the leases table so far
+
+    def _load(self) -> None:
+        """Read the committed leases into the index (writer thread, or before it runs)."""
+        generation = self.store.generations().get(LEASES_GENERATION, 0)
+        rows = self.store.leases()  # after the counter: a later write moves it again
+        with self._cond:
+            self.committed.load(rows)
+            self._generation = generation
+            self._reload = False
+            self.reloads += 1
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> GroupCommitter:
+        """Load the committed leases, then start the writer thread."""
+        self._load()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
@@ -128,6 +157,14 @@ class GroupCommitter:
                                        and not self._inflight, timeout):
                 raise TimeoutError("group commit did not drain")
 
+    def sync(self, generation: int | None) -> None:
+        """Have the writer reload the index if ``leases_generation`` moved since."""
+        with self._cond:
+            if generation is not None and generation != self._generation \
+                    and not self._reload:
+                self._reload = True
+                self._cond.notify_all()
+
     # -- producers -------------------------------------------------------------
     def put_lease(self, lease: Lease, check_free_at: float | None = None) -> Ticket | None:
         """Queue ``lease``; ``None`` when the check fails against the pending view."""
@@ -136,7 +173,7 @@ class GroupCommitter:
                 cur = self._lease_for_ip(lease.ip)
                 if _busy(cur, check_free_at) and cur.mac != lease.mac:
                     return None
-                host = self.store.host_by_ip(lease.ip)
+                host = self.hosts.host_by_ip(lease.ip)
                 if host is not None and host.mac != lease.mac:
                     return None
             self._seq += 1
@@ -162,7 +199,7 @@ class GroupCommitter:
     def _lease_for_ip(self, ip: str) -> Lease | None:
         if ip in self._by_ip:
             return self._by_ip[ip][1]
-        row = self.store.lease_for_ip(ip)
+        row = self.committed.for_ip(ip)
         if row is not None and row.mac in self._by_mac and self._by_mac[row.mac][1] != ip:
             return None  # a pending write moved that MAC elsewhere
         return row
@@ -171,7 +208,7 @@ class GroupCommitter:
         if mac in self._by_mac:
             lease = self._lease_for_ip(self._by_mac[mac][1])
             return lease if lease is not None and lease.mac == mac else None
-        row = self.store.lease_for_mac(mac)
+        row = self.committed.for_mac(mac)
         if row is not None and row.ip in self._by_ip:
             lease = self._by_ip[row.ip][1]
             return lease if lease is not None and lease.mac == mac else None
@@ -188,22 +225,28 @@ class GroupCommitter:
     def busy_ips(self, now: float) -> dict[str, str]:
         """As :meth:`Store.busy_ips`, with the pending writes applied."""
         with self._cond:
-            out = self.store.busy_ips(now)
+            out = self.committed.busy(now)
             for ip, (_seq, lease) in self._by_ip.items():
                 if _busy(lease, now):
                     out[ip] = lease.mac
                 else:
                     out.pop(ip, None)
-            out.update(self.store.reserved_ips())
+            out.update(self.hosts.reserved_ips())
             return out
 
     # -- the writer --------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._writes or self._events or self._stopping)
-                if not self._writes and not self._events:
+                self._cond.wait_for(lambda: self._writes or self._events or self._stopping
+                                    or self._reload)
+                reload = self._reload
+                if not reload and not self._writes and not self._events:
                     return  # stopping and drained
+            if reload:
+                self._reload_index()
+                continue
+            with self._cond:
                 writes, self._writes = self._writes[:self.max_batch], \
                     self._writes[self.max_batch:]
                 events, self._events = self._events, []
@@ -219,6 +262,11 @@ class GroupCommitter:
             results = [False] * len(writes)
         self.commits += 1
         with self._cond:
+            for w, ok in zip(writes, results, strict=True):
+                if ok:
+                    self.committed.apply(w.lease)
+                else:
+                    self._reload = True  # the store knew something the index did not
             for w in writes:
                 for ip in w.ip_keys:
                     if self._by_ip.get(ip, (None,))[0] == w.seq:
@@ -232,3 +280,13 @@ class GroupCommitter:
                 log.warning("%s lease %s refused at commit (taken meanwhile)",
                             w.lease.mac, w.lease.ip)
             w.ticket._resolve(ok)
+
+    def _reload_index(self) -> None:
+        try:
+            self._load()
+        except Exception:
+            log.exception("leases not re-read; the index stays as it was")
+            with self._cond:
+                self._reload = False
+        else:
+            log.info("lease index reloaded (%d rows)", len(self.committed))

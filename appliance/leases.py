@@ -26,7 +26,9 @@ the same storm are not offered the same address.
 
 Writes go through a :class:`~appliance.groupcommit.GroupCommitter` when one
 is attached (the running DHCP server attaches its own), else straight to the
-store, one transaction each.  Either way the decision and the write are
+store, one transaction each.  Hosts are read from :attr:`Allocator.hosts`:
+the store, or while the DHCP server runs its
+:class:`~appliance.indexes.HostIndex`.  Either way the decision and the write are
 atomic, and every read sees the writes still waiting for their commit, so
 two clients are never given one address.  :meth:`Allocator.bind_async` is
 the only path to an ACK: it returns the lease with the :class:`Ticket` of
@@ -100,6 +102,7 @@ class Allocator:
         self.server_ip = server_ip
         self.clock = clock
         self.writer = writer
+        self.hosts = store  # host() / host_by_ip(): the store, or the server's HostIndex
         self._next: dict[str, int] = {}  # next-fit position per subnet (a hint)
         self._pools: dict[Subnet, Pools] = {}
         self._default: tuple[DhcpConfig, Subnet] | None = None
@@ -148,7 +151,7 @@ class Allocator:
         if lease is not None and lease.state in BUSY_STATES and lease.expires > now \
                 and lease.mac != mac:
             return False
-        host = self.store.host_by_ip(ip)
+        host = self.hosts.host_by_ip(ip)
         return host is None or host.mac == mac
 
     def _next_free(self, pools: Pools, now: float) -> str | None:
@@ -174,10 +177,10 @@ class Allocator:
                   subnet: Subnet | None = None) -> str | None:
         """The address this MAC should be offered now, or ``None`` (pools exhausted).
 
-        ``host`` is the caller's lookup of ``store.host(mac)`` for this
+        ``host`` is the caller's lookup of ``hosts.host(mac)`` for this
         request (``False``: look it up here).
         """
-        host = self.store.host(mac) if host is False else host
+        host = self.hosts.host(mac) if host is False else host
         reserved = self.reservation(host, subnet)
         if reserved:
             return reserved
@@ -229,7 +232,7 @@ class Allocator:
         is done once the lease is durable; an ACK for it must not leave
         before then (see :meth:`Ticket.then`).
         """
-        host = self.store.host(mac) if host is False else host
+        host = self.hosts.host(mac) if host is False else host
         reserved = self.reservation(host, subnet)
         if reserved is not None and reserved != ip:
             return None  # the host has another reservation in this subnet

@@ -15,7 +15,13 @@ Contract:
   lets them read while the server writes.  ``busy_timeout`` absorbs short
   write contention between processes.
 * Nothing else in the appliance keeps shadow state: the servers ask the
-  store on every request.
+  store on every request -- except the DHCP hot path, whose in-memory
+  indexes (:mod:`appliance.indexes`) follow the store through two counters
+  in ``meta`` (:meth:`Store.generations`): ``hosts_generation``, bumped by
+  SQLite triggers on every change of a ``hosts`` row whoever writes it, and
+  ``leases_generation``, bumped by every lease write that does *not* go
+  through :meth:`Store.commit_batch` (the group committer applies its own
+  commits to its index).
 """
 
 from __future__ import annotations
@@ -58,7 +64,14 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, mac TEXT NOT NULL,
     kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
-""" + SUBNETS_SCHEMA
+""" + SUBNETS_SCHEMA + """
+INSERT OR IGNORE INTO meta VALUES ('hosts_generation', '0'), ('leases_generation', '0');
+""" + "".join(f"""
+CREATE TRIGGER IF NOT EXISTS hosts_generation_{op.lower()} AFTER {op} ON hosts BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'hosts_generation';
+END;""" for op in ("INSERT", "UPDATE", "DELETE"))
+HOSTS_GENERATION = "hosts_generation"    # bumped by triggers on every hosts row change
+LEASES_GENERATION = "leases_generation"  # bumped by lease writes outside commit_batch
 
 
 class StoreError(ValueError):
@@ -74,6 +87,7 @@ class Store(SubnetRows):
         self._lock = threading.RLock()
         self._wdb: sqlite3.Connection | None = None  # group-commit connection
         self._wlock = threading.Lock()
+        self._commits = 0  # transactions committed by this Store (see change_token)
 
     # -- lifecycle -----------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -131,6 +145,20 @@ class Store(SubnetRows):
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            self._commits += 1
+
+    def change_token(self) -> tuple[int, int]:
+        """A value that differs after anything was committed to the database since:
+        by another process, or by this Store on either of its connections.
+
+        Cheap (no table read): ``PRAGMA data_version`` of the shared connection
+        (moved by every other connection's commit) and this Store's own count
+        of commits on that connection, which the pragma does not see.
+        """
+        with self._lock:
+            if self._db is None:
+                raise RuntimeError("store is not open")
+            return self._db.execute("PRAGMA data_version").fetchone()[0], self._commits
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -330,22 +358,31 @@ class Store(SubnetRows):
             out[ip] = mac
         return out
 
-    @staticmethod
-    def _write_lease(db: sqlite3.Connection, lease: Lease,
+    # The checked write as one statement (it runs per lease in every group
+    # commit): insert, or replace the IP's row unless another MAC holds it
+    # unexpired in a busy state; never over another host's reservation.
+    _CHECKED_WRITE = (
+        "INSERT INTO leases (ip, mac, expires, state, hostname) "
+        "SELECT :ip, :mac, :expires, :state, :hostname "
+        "WHERE NOT EXISTS (SELECT 1 FROM hosts WHERE ip = :ip AND mac <> :mac) "
+        "ON CONFLICT(ip) DO UPDATE SET mac=excluded.mac, expires=excluded.expires, "
+        "state=excluded.state, hostname=excluded.hostname "
+        "WHERE leases.mac = excluded.mac OR leases.expires <= :at OR leases.state NOT IN "
+        "('offered','bound','declined','conflict')")
+
+    @classmethod
+    def _write_lease(cls, db: sqlite3.Connection, lease: Lease,
                      check_free_at: float | None) -> bool:
-        if check_free_at is not None:
-            row = db.execute("SELECT mac FROM leases WHERE ip=? AND expires>? AND "
-                             "state IN ('offered','bound','declined','conflict')",
-                             (lease.ip, check_free_at)).fetchone()
-            if row is not None and row[0] != lease.mac:
-                return False
-            row = db.execute("SELECT mac FROM hosts WHERE ip=?", (lease.ip,)).fetchone()
-            if row is not None and row[0] != lease.mac:
-                return False
+        if check_free_at is None:
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
+                       (lease.ip, lease.mac, lease.expires, lease.state, lease.hostname))
+        elif db.execute(cls._CHECKED_WRITE, {
+                "ip": lease.ip, "mac": lease.mac, "expires": lease.expires,
+                "state": lease.state, "hostname": lease.hostname,
+                "at": check_free_at}).rowcount != 1:
+            return False
         if lease.mac:  # ownerless probation rows do not move a MAC's lease
             db.execute("DELETE FROM leases WHERE mac=? AND ip<>?", (lease.mac, lease.ip))
-        db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
-                   (lease.ip, lease.mac, lease.expires, lease.state, lease.hostname))
         return True
 
     def put_lease(self, lease: Lease, check_free_at: float | None = None) -> bool:
@@ -357,7 +394,16 @@ class Store(SubnetRows):
         A MAC keeps one lease: its rows on other IPs are dropped.
         """
         with self._tx() as db:
-            return self._write_lease(db, lease, check_free_at)
+            written = self._write_lease(db, lease, check_free_at)
+            if written:
+                db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key=?",
+                           (LEASES_GENERATION,))
+            return written
+
+    def generations(self) -> dict[str, int]:
+        """Every ``*_generation`` counter in ``meta`` (one query; see module doc)."""
+        return {key: int(value) for key, value in self._query(
+            "SELECT key, value FROM meta WHERE key LIKE '%\\_generation' ESCAPE '\\'")}
 
     def reserved_ips(self) -> dict[str, str]:
         """ip -> mac of every host reservation."""
@@ -390,6 +436,8 @@ class Store(SubnetRows):
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            if self.path == ":memory:":  # else on _wdb: the pragma of _db sees it
+                self._commits += 1  # under self._lock, as every other increment
         return done
 
     # -- events -------------------------------------------------------------

@@ -237,7 +237,7 @@ class ConflictGuard:
             return False
         in_pool = any(self.allocator.in_pool(ip, s) for s in self.subnets())
         if not needs_probe(ip, req.mac, prior, in_pool,
-                           self.allocator.store.host_by_ip(ip) is not None,
+                           self.allocator.hosts.host_by_ip(ip) is not None,
                            self.allocator.clock()):
             return False
         self.prober.send(ip)

@@ -27,7 +27,7 @@ from scapy.layers.dhcp import BOOTP, DHCP
 
 from appliance.servers import dhcp_codec as c
 from appliance.servers.l2 import udp_frame
-from appliance.servers.rogue import BPF_SRC_PORT_67, ETH_P_IP, attach_filter, parse_frame
+from appliance.servers.rogue import BPF_SERVER_REPLIES, ETH_P_IP, attach_filter, parse_frame
 
 PHASE_WAIT = 8.0  # seconds one phase of a storm round waits for its replies
 BROADCAST = b"\xff" * 6
@@ -35,7 +35,7 @@ BROADCAST = b"\xff" * 6
 
 def _socket(iface: str) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    attach_filter(sock, BPF_SRC_PORT_67)
+    attach_filter(sock, BPF_SERVER_REPLIES)
     sock.bind((iface, ETH_P_IP))
     return sock
 
