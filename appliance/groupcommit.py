@@ -48,38 +48,52 @@ __all__ = ["BUSY_STATES", "GroupCommitter", "Ticket"]
 
 
 class Ticket:
-    """The durability promise of one queued lease write."""
+    """The durability promise of one queued lease write.
+
+    One per lease write, so it is cheap: a lock and a flag; the
+    :class:`threading.Event` that :meth:`wait` blocks on is made only for a
+    caller that waits (the DHCP loop never does: it uses :meth:`then`).
+    """
+
+    __slots__ = ("_callbacks", "_done", "_event", "_lock", "ok")
 
     def __init__(self, done: bool = False, ok: bool = True):
         self._lock = threading.Lock()
-        self._event = threading.Event()
+        self._done = done
+        self._event: threading.Event | None = None
         self._callbacks: list = []
         self.ok = ok
-        if done:
-            self._event.set()
 
     @property
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def then(self, callback) -> None:
         """Run ``callback(ok)`` once the write is committed (now, if it is)."""
         with self._lock:
-            if not self._event.is_set():
+            if not self._done:
                 self._callbacks.append(callback)
                 return
         callback(self.ok)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until committed; True when the write was committed and accepted."""
-        if not self._event.wait(timeout):
+        with self._lock:
+            if self._event is None:
+                self._event = threading.Event()
+                if self._done:
+                    self._event.set()
+            event = self._event
+        if not event.wait(timeout):
             raise TimeoutError("lease write not committed in time")
         return self.ok
 
     def _resolve(self, ok: bool) -> None:
         with self._lock:
             self.ok = ok
-            self._event.set()
+            self._done = True
+            if self._event is not None:
+                self._event.set()
             callbacks, self._callbacks = self._callbacks, []
         for cb in callbacks:
             try:

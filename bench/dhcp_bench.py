@@ -117,6 +117,14 @@ class Server:
         path = self.state / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU the server process used so far (``ip netns exec`` execs it)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, AttributeError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -224,15 +232,22 @@ def run_point(kind: type[Server], rate: int, period: int, root: Path) -> dict:
     server.start()
     try:
         clients = min(60_000, max(1000, rate * period))
+        cpu0 = server.cpu_seconds()
         stats = perfdhcp(["-r", str(rate), "-p", str(period), "-R", str(clients)],
                          timeout=period + 60)
+        cpu1 = server.cpu_seconds()
     finally:
         server.stop()
+    acks = stats["ra_received_packets"] or 0
+    stats["cpu_us_per_exchange"] = (1e6 * (cpu1 - cpu0) / acks
+                                    if acks and cpu0 is not None and cpu1 is not None else None)
     stats["ping_probes"] = server.probes() if isinstance(server, Plowshare) else None
     stats.update(server=kind.name, target=rate, clients=clients,
                  passed=stats["do_drop_pct"] < DROP_LIMIT and stats["ra_drop_pct"] < DROP_LIMIT)
     print(f"{kind.name:9} rate {rate:5}: {stats['rate']:8.1f} ex/s  drops DO "
           f"{stats['do_drop_pct']:.2f}% RA {stats['ra_drop_pct']:.2f}%"
+          + (f"  CPU {stats['cpu_us_per_exchange']:.0f} us/exchange"
+             if stats["cpu_us_per_exchange"] else "")
           + (f"  ping probes {stats['ping_probes']}" if stats["ping_probes"] is not None
              else ""), flush=True)
     return stats
@@ -262,6 +277,10 @@ def run_avalanche(kind: type[Server], root: Path) -> dict:
     return stats
 
 
+def loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
 def machine_facts() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?")
@@ -271,7 +290,7 @@ def machine_facts() -> dict:
         if shutil.which(cmd[0]):
             versions[name] = sh(cmd, check=False).stdout.splitlines()[0].strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
-            "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+            "loadavg_at_start": loadavg(),
             "python": platform.python_version(), **versions}
 
 
@@ -293,7 +312,10 @@ def bench(args) -> None:
                     results["avalanche"].append(run_avalanche(kind, Path(tmp)))
     finally:
         lab_down()
+    results["machine"]["loadavg_at_end"] = loadavg()
     summarise(results)
+    print(f"load average at start {' '.join(results['machine']['loadavg_at_start'])}, "
+          f"at end {' '.join(results['machine']['loadavg_at_end'])}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
