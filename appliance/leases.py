@@ -73,12 +73,18 @@ class Pools:
 
     def __init__(self, subnet: Subnet):
         self.network = ipaddress.IPv4Network(subnet.network)
+        self.key = str(self.network)  # the next-fit position's key
         self.ranges = [(int(ipaddress.IPv4Address(a)), int(ipaddress.IPv4Address(b)))
                        for a, b in sorted(subnet.pools, key=lambda p: _num(p[0]))]
         self.size = sum(b - a + 1 for a, b in self.ranges)
 
     def __contains__(self, n: int | None) -> bool:
-        return n is not None and any(a <= n <= b for a, b in self.ranges)
+        if n is None:
+            return False
+        for a, b in self.ranges:
+            if a <= n <= b:
+                return True
+        return False
 
     def after(self, n: int) -> int:
         """The pool address following ``n`` (wrapping); ``n`` must be in a pool."""
@@ -157,7 +163,7 @@ class Allocator:
     def _next_free(self, pools: Pools, now: float) -> str | None:
         if not pools.ranges:
             return None
-        key = str(pools.network)
+        key = pools.key
         n = self._next.get(key)
         n = n if n in pools else pools.ranges[0][0]
         for _probe in range(min(PROBE_LIMIT, pools.size)):

@@ -285,7 +285,7 @@ REQUEST_OPTIONS: dict[int, str] = {
 
 
 def _ip_text(raw: bytes) -> str:
-    return "%d.%d.%d.%d" % tuple(raw[:4])  # noqa: UP031 - hot path
+    return socket.inet_ntoa(raw[:4])  # OSError when short: decode() gives None
 
 
 def _scan_options(payload: bytes) -> dict[int, bytes]:
