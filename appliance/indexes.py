@@ -8,8 +8,8 @@ source of truth -- each is the store's own rows, kept coherent by one rule:
   Its owner calls :meth:`HostIndex.refresh` once per batch of packets with
   ``hosts_generation`` (:meth:`Store.generations`), a counter SQLite
   triggers bump on every change of a ``hosts`` row whoever writes it (this
-  process, the CLI, an importer); all hosts are re-read only when it moved.
-  A host written before a batch started is seen by that batch.
+  process, the CLI, an importer); when it moved, the hosts written since
+  are re-read.  A host written before a batch started is seen by that batch.
 * :class:`LeaseIndex` holds the *committed* ``leases`` table by IP and by
   MAC, with the store's rules (one row per IP; a MAC's write drops its row
   at any other IP; ownerless probation rows are found by IP only).  It is
@@ -41,15 +41,34 @@ class HostIndex:
         self.loads = 0  # full reads so far (tests and benchmarks look)
 
     def refresh(self, generation: int | None = None) -> None:
-        """Re-read all hosts if ``generation`` (default: read it now) moved."""
+        """Catch up with ``hosts_generation`` (default: read it now).
+
+        Only the hosts written since the last refresh are re-read (their MACs
+        are in ``host_changes``), so an install wave flipping netboot on one
+        host at a time costs one indexed read each, not a read of every host.
+        """
         if generation is None:
             generation = self.store.generations().get("hosts_generation", 0)
         if generation == self.generation:
             return
-        hosts = self.store.hosts()  # read after the counter: a later write moves it again
-        self._maps = ({h.mac: h for h in hosts}, {h.ip: h for h in hosts if h.ip})
+        if self.generation is None or generation < self.generation:  # first, or a new store
+            hosts = self.store.hosts()  # after the counter: a later write moves it again
+            self._maps = ({h.mac: h for h in hosts}, {h.ip: h for h in hosts if h.ip})
+            self.loads += 1
+        else:
+            macs = self.store.host_changes(self.generation)
+            fresh = {h.mac: h for h in self.store.hosts_by_mac(macs)}
+            by_mac, by_ip = dict(self._maps[0]), dict(self._maps[1])
+            for mac in macs:
+                old = by_mac.pop(mac, None)
+                if old is not None and old.ip and by_ip.get(old.ip) is old:
+                    del by_ip[old.ip]
+            for host in fresh.values():
+                by_mac[host.mac] = host
+                if host.ip:
+                    by_ip[host.ip] = host
+            self._maps = (by_mac, by_ip)  # one assignment: readers see old or new
         self.generation = generation
-        self.loads += 1
 
     def host(self, mac: str) -> Host | None:
         return self._maps[0].get(mac)

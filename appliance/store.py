@@ -18,7 +18,9 @@ Contract:
   store on every request -- except the DHCP hot path, whose in-memory
   indexes (:mod:`appliance.indexes`) follow the store through two counters
   in ``meta`` (:meth:`Store.generations`): ``hosts_generation``, bumped by
-  SQLite triggers on every change of a ``hosts`` row whoever writes it, and
+  SQLite triggers on every change of a ``hosts`` row whoever writes it
+  (which also note the row's MAC and generation in ``host_changes``, so the
+  index re-reads only those hosts: :meth:`Store.host_changes`), and
   ``leases_generation``, bumped by every lease write that does *not* go
   through :meth:`Store.commit_batch` (the group committer applies its own
   commits to its index).
@@ -66,10 +68,26 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
 """ + SUBNETS_SCHEMA + """
 INSERT OR IGNORE INTO meta VALUES ('hosts_generation', '0'), ('leases_generation', '0');
-""" + "".join(f"""
-CREATE TRIGGER IF NOT EXISTS hosts_generation_{op.lower()} AFTER {op} ON hosts BEGIN
-    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'hosts_generation';
-END;""" for op in ("INSERT", "UPDATE", "DELETE"))
+CREATE TABLE IF NOT EXISTS host_changes (mac TEXT PRIMARY KEY, generation INTEGER NOT NULL);
+"""
+
+
+def _host_trigger(op: str, rows: tuple[str, ...]) -> str:
+    """After ``op`` on hosts: bump hosts_generation, note the row's MAC(s) at it."""
+    # DELETE + INSERT, not INSERT OR REPLACE: an outer statement's conflict
+    # clause (add_host's upsert) would override the trigger's
+    notes = "".join(f"""
+    DELETE FROM host_changes WHERE mac = {row}.mac;
+    INSERT INTO host_changes SELECT {row}.mac, CAST(value AS INTEGER) FROM meta
+        WHERE key = 'hosts_generation';""" for row in rows)
+    return f"""
+CREATE TRIGGER IF NOT EXISTS hosts_changed_{op.lower()} AFTER {op} ON hosts BEGIN
+    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'hosts_generation';{notes}
+END;"""
+
+
+_SCHEMA += (_host_trigger("INSERT", ("NEW",)) + _host_trigger("UPDATE", ("OLD", "NEW"))
+            + _host_trigger("DELETE", ("OLD",)))
 HOSTS_GENERATION = "hosts_generation"    # bumped by triggers on every hosts row change
 LEASES_GENERATION = "leases_generation"  # bumped by lease writes outside commit_batch
 
@@ -275,6 +293,20 @@ class Store(SubnetRows):
 
     def hosts(self) -> list[Host]:
         return [self._host(r) for r in self._query("SELECT * FROM hosts ORDER BY mac")]
+
+    def host_changes(self, since: int) -> list[str]:
+        """MACs of the hosts added, changed or deleted after ``hosts_generation`` ``since``."""
+        return [r[0] for r in self._query("SELECT mac FROM host_changes WHERE generation>?",
+                                          (since,))]
+
+    def hosts_by_mac(self, macs: list[str]) -> list[Host]:
+        out: list[Host] = []
+        for i in range(0, len(macs), 500):  # SQLite's bound-parameter limit, with margin
+            chunk = macs[i:i + 500]
+            out += [self._host(r) for r in self._query(
+                f"SELECT * FROM hosts WHERE mac IN ({','.join('?' * len(chunk))})",
+                tuple(chunk))]
+        return out
 
     def host_by_ip(self, ip: str) -> Host | None:
         rows = self._query("SELECT * FROM hosts WHERE ip=?", (ip,))
