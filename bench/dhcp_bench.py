@@ -338,6 +338,33 @@ def summarise(results: dict) -> None:
     results["best"] = best
 
 
+def report(paths: list[str]) -> None:
+    """Markdown tables (points, best rates with ratios, avalanche) of results files."""
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        m = res["machine"]
+        print(f"\n### {Path(path).name}: load average {' / '.join(m['loadavg_at_start'])} "
+              f"at the start, {' / '.join(m.get('loadavg_at_end', ['?']))} at the end\n")
+        print("| server | target /s | perfdhcp ex/s | DO drops | RA drops | CPU us/exchange "
+              "| pass |\n|---|---:|---:|---:|---:|---:|---|")
+        for p in res["points"]:
+            cpu = p.get("cpu_us_per_exchange")
+            print(f"| {p['server']} | {p['target']} | {p['rate']:.1f} | {p['do_drop_pct']:.2f} % "
+                  f"| {p['ra_drop_pct']:.2f} % | {f'{cpu:.0f}' if cpu else '-'} "
+                  f"| {'yes' if p['passed'] else 'no'} |")
+        best = res.get("best", {})
+        print("\n| server | best ex/s | ratio to Kea | ratio to dnsmasq |\n|---|---:|---:|---:|")
+        for name, rate in best.items():
+            ratios = [f"{rate / best[o]:.2f}" if best.get(o) else "-" for o in ("kea", "dnsmasq")]
+            print(f"| {name} | {rate:.1f} | {ratios[0]} | {ratios[1]} |")
+        print("\n| server | wall | ACKs | non-unique | store leases | store duplicates | pass |"
+              "\n|---|---:|---:|---:|---:|---:|---|")
+        for a in res["avalanche"]:
+            print(f"| {a['server']} | {a['wall']:.2f} s | {a['ra_received_packets']} "
+                  f"| {a['ra_non_unique_addresses']} | {a['store_leases']} "
+                  f"| {a['store_duplicates']} | {'yes' if a['passed'] else 'no'} |")
+
+
 # -- the Plowshare side -------------------------------------------------------------
 def serve(args) -> None:
     """Plowshare's DhcpServer alone, as the appliance composes it."""
@@ -392,6 +419,8 @@ def serve(args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd")
+    r = sub.add_parser("report", help="markdown tables of results files")
+    r.add_argument("files", nargs="+")
     s = sub.add_parser("serve")
     s.add_argument("--state", required=True)
     s.add_argument("--verbose", action="store_true")
@@ -406,6 +435,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.cmd == "serve":
         serve(args)
+    elif args.cmd == "report":
+        report(args.files)
     else:
         bench(args)
 
