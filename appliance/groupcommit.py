@@ -29,9 +29,12 @@ Contract (the DHCP server's durability rests on it):
 * Host reservations are checked against :attr:`GroupCommitter.hosts`: the
   store, or the DHCP server's :class:`~appliance.indexes.HostIndex`.
 * Events ride the same batches; nothing waits for them.  Queuing one takes
-  no lock and wakes nobody (two per DHCP packet): a batch takes what is
-  queued, and with only events queued the writer commits them within
-  :data:`EVENT_DELAY`.
+  no lock and wakes nobody (two per DHCP packet).  Nor does a lease write
+  queued with ``wake=False`` (an OFFER's hold: nothing waits for it either,
+  and the REQUEST that follows within milliseconds brings it along in its
+  commit -- one fsync per exchange instead of two).  A batch takes whatever
+  is queued; what only such writes are queued is committed within
+  :data:`LAZY_DELAY`.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from .store import LEASES_GENERATION, Store
 log = logging.getLogger("plowshare.store")
 
 MAX_BATCH = 512  # writes per transaction; more simply wait for the next one
-EVENT_DELAY = 0.2  # seconds queued events wait at most for a lease write to ride with
+LAZY_DELAY = 0.2  # seconds events and wake=False writes wait at most for a commit
 __all__ = ["BUSY_STATES", "GroupCommitter", "Ticket"]
 
 
@@ -122,11 +125,14 @@ def _busy(lease: Lease | None, now: float) -> bool:
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, max_batch: int = MAX_BATCH):
+    def __init__(self, store: Store, max_batch: int = MAX_BATCH,
+                 lazy_delay: float = LAZY_DELAY):
         self.store = store
         self.max_batch = max_batch
+        self.lazy_delay = lazy_delay
         self._cond = threading.Condition()
         self._writes: list[_Write] = []
+        self._waking = 0  # queued writes somebody waits for
         self._events: deque[Event] = deque()  # appended without the lock
         self._by_ip: dict[str, tuple[int, Lease | None]] = {}
         self._by_mac: dict[str, tuple[int, str]] = {}
@@ -185,8 +191,13 @@ class GroupCommitter:
                 self._cond.notify_all()
 
     # -- producers -------------------------------------------------------------
-    def put_lease(self, lease: Lease, check_free_at: float | None = None) -> Ticket | None:
-        """Queue ``lease``; ``None`` when the check fails against the pending view."""
+    def put_lease(self, lease: Lease, check_free_at: float | None = None,
+                  wake: bool = True) -> Ticket | None:
+        """Queue ``lease``; ``None`` when the check fails against the pending view.
+
+        ``wake=False``: nobody waits for this write; it rides the next commit
+        (see module doc), visible in the pending view meanwhile.
+        """
         with self._cond:
             if check_free_at is not None:
                 cur = self._lease_for_ip(lease.ip)
@@ -206,7 +217,9 @@ class GroupCommitter:
                 w.mac_key = lease.mac
             self._by_ip[lease.ip] = (w.seq, lease)
             self._writes.append(w)
-            self._cond.notify_all()
+            if wake:
+                self._waking += 1
+                self._cond.notify_all()
             return w.ticket
 
     def add_event(self, ev: Event) -> None:
@@ -255,8 +268,9 @@ class GroupCommitter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._cond.wait_for(lambda: self._writes or self._stopping
-                                           or self._reload, EVENT_DELAY) and not self._events:
+                if not self._cond.wait_for(lambda: self._waking or self._stopping
+                                           or self._reload, self.lazy_delay) \
+                        and not self._events and not self._writes:
                     continue  # idle
                 reload = self._reload
                 if not reload and not self._writes and not self._events:
@@ -267,6 +281,7 @@ class GroupCommitter:
             with self._cond:
                 writes, self._writes = self._writes[:self.max_batch], \
                     self._writes[self.max_batch:]
+                self._waking = len(self._writes)  # what is left waits no longer
                 events = [self._events.popleft() for _ in range(len(self._events))]
                 self._inflight = len(writes) + len(events)
             self._commit(writes, events)

@@ -199,10 +199,12 @@ class Allocator:
             return requested
         return self._next_free(pools, now)
 
-    def _put(self, lease: Lease, check_free_at: float | None) -> Ticket | None:
-        """Decide-and-write atomically; ``None`` when refused."""
+    def _put(self, lease: Lease, check_free_at: float | None,
+             wake: bool = True) -> Ticket | None:
+        """Decide-and-write atomically; ``None`` when refused.  ``wake=False``: nobody
+        waits for this write (it rides the next group commit)."""
         if self.writer is not None:
-            ticket = self.writer.put_lease(lease, check_free_at)
+            ticket = self.writer.put_lease(lease, check_free_at, wake)
         else:
             ok = self.store.put_lease(lease, check_free_at)
             ticket = Ticket(done=True) if ok else None
@@ -224,7 +226,7 @@ class Allocator:
             if held and held.mac == mac and held.state == "bound" and held.expires > now:
                 return ip  # keep the bound lease as it is
             lease = Lease(mac, ip, now + self.dhcp.offer_hold, "offered", hostname)
-            if self._put(lease, check_free_at=now) is not None:
+            if self._put(lease, check_free_at=now, wake=False) is not None:
                 return ip
             requested = None
         return None
