@@ -33,8 +33,8 @@ Contract (the DHCP server's durability rests on it):
   queued with ``wake=False`` (an OFFER's hold: nothing waits for it either,
   and the REQUEST that follows within milliseconds brings it along in its
   commit -- one fsync per exchange instead of two).  A batch takes whatever
-  is queued; what only such writes are queued is committed within
-  :data:`LAZY_DELAY`.
+  is queued; when only such writes are queued, they are committed within
+  ``lazy_delay`` (:data:`LAZY_DELAY`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 
 from .indexes import BUSY_STATES, LeaseIndex
 from .model import Event, Lease
-from .store import LEASES_GENERATION, Store
+from .store import Store
+from .store_changes import LEASES_GENERATION
 
 log = logging.getLogger("plowshare.store")
 

@@ -27,6 +27,7 @@ never a double allocation: the store re-checks every lease at commit.
 from __future__ import annotations
 
 from .model import Host, Lease
+from .store_changes import HOSTS_GENERATION
 
 BUSY_STATES = ("offered", "bound", "declined", "conflict")
 
@@ -48,7 +49,7 @@ class HostIndex:
         host at a time costs one indexed read each, not a read of every host.
         """
         if generation is None:
-            generation = self.store.generations().get("hosts_generation", 0)
+            generation = self.store.generations().get(HOSTS_GENERATION, 0)
         if generation == self.generation:
             return
         if self.generation is None or generation < self.generation:  # first, or a new store

@@ -17,13 +17,7 @@ Contract:
 * Nothing else in the appliance keeps shadow state: the servers ask the
   store on every request -- except the DHCP hot path, whose in-memory
   indexes (:mod:`appliance.indexes`) follow the store through two counters
-  in ``meta`` (:meth:`Store.generations`): ``hosts_generation``, bumped by
-  SQLite triggers on every change of a ``hosts`` row whoever writes it
-  (which also note the row's MAC and generation in ``host_changes``, so the
-  index re-reads only those hosts: :meth:`Store.host_changes`), and
-  ``leases_generation``, bumped by every lease write that does *not* go
-  through :meth:`Store.commit_batch` (the group committer applies its own
-  commits to its index).
+  in ``meta`` and a change token (:mod:`appliance.store_changes`).
 """
 
 from __future__ import annotations
@@ -37,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .model import Distro, Event, Host, Lease, Profile, TemplateVersion
+from .store_changes import BUMP_LEASES, CHANGES_SCHEMA, ChangeRows
 from .store_subnets import SUBNETS_SCHEMA, SubnetRows
 
 SCHEMA_VERSION = 3
@@ -66,37 +61,14 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, mac TEXT NOT NULL,
     kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
-""" + SUBNETS_SCHEMA + """
-INSERT OR IGNORE INTO meta VALUES ('hosts_generation', '0'), ('leases_generation', '0');
-CREATE TABLE IF NOT EXISTS host_changes (mac TEXT PRIMARY KEY, generation INTEGER NOT NULL);
-"""
-
-
-def _host_trigger(op: str, rows: tuple[str, ...]) -> str:
-    """After ``op`` on hosts: bump hosts_generation, note the row's MAC(s) at it."""
-    # DELETE + INSERT, not INSERT OR REPLACE: an outer statement's conflict
-    # clause (add_host's upsert) would override the trigger's
-    notes = "".join(f"""
-    DELETE FROM host_changes WHERE mac = {row}.mac;
-    INSERT INTO host_changes SELECT {row}.mac, CAST(value AS INTEGER) FROM meta
-        WHERE key = 'hosts_generation';""" for row in rows)
-    return f"""
-CREATE TRIGGER IF NOT EXISTS hosts_changed_{op.lower()} AFTER {op} ON hosts BEGIN
-    UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'hosts_generation';{notes}
-END;"""
-
-
-_SCHEMA += (_host_trigger("INSERT", ("NEW",)) + _host_trigger("UPDATE", ("OLD", "NEW"))
-            + _host_trigger("DELETE", ("OLD",)))
-HOSTS_GENERATION = "hosts_generation"    # bumped by triggers on every hosts row change
-LEASES_GENERATION = "leases_generation"  # bumped by lease writes outside commit_batch
+""" + SUBNETS_SCHEMA + CHANGES_SCHEMA
 
 
 class StoreError(ValueError):
     """A write was refused (unknown reference, duplicate, bad value)."""
 
 
-class Store(SubnetRows):
+class Store(SubnetRows, ChangeRows):
     """Typed access to the state database.  ``open()`` does the I/O."""
 
     def __init__(self, path: Path | str):
@@ -164,19 +136,6 @@ class Store(SubnetRows):
                 raise
             db.execute("COMMIT")
             self._commits += 1
-
-    def change_token(self) -> tuple[int, int]:
-        """A value that differs after anything was committed to the database since:
-        by another process, or by this Store on either of its connections.
-
-        Cheap (no table read): ``PRAGMA data_version`` of the shared connection
-        (moved by every other connection's commit) and this Store's own count
-        of commits on that connection, which the pragma does not see.
-        """
-        with self._lock:
-            if self._db is None:
-                raise RuntimeError("store is not open")
-            return self._db.execute("PRAGMA data_version").fetchone()[0], self._commits
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -293,20 +252,6 @@ class Store(SubnetRows):
 
     def hosts(self) -> list[Host]:
         return [self._host(r) for r in self._query("SELECT * FROM hosts ORDER BY mac")]
-
-    def host_changes(self, since: int) -> list[str]:
-        """MACs of the hosts added, changed or deleted after ``hosts_generation`` ``since``."""
-        return [r[0] for r in self._query("SELECT mac FROM host_changes WHERE generation>?",
-                                          (since,))]
-
-    def hosts_by_mac(self, macs: list[str]) -> list[Host]:
-        out: list[Host] = []
-        for i in range(0, len(macs), 500):  # SQLite's bound-parameter limit, with margin
-            chunk = macs[i:i + 500]
-            out += [self._host(r) for r in self._query(
-                f"SELECT * FROM hosts WHERE mac IN ({','.join('?' * len(chunk))})",
-                tuple(chunk))]
-        return out
 
     def host_by_ip(self, ip: str) -> Host | None:
         rows = self._query("SELECT * FROM hosts WHERE ip=?", (ip,))
@@ -428,14 +373,8 @@ class Store(SubnetRows):
         with self._tx() as db:
             written = self._write_lease(db, lease, check_free_at)
             if written:
-                db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key=?",
-                           (LEASES_GENERATION,))
+                db.execute(BUMP_LEASES)
             return written
-
-    def generations(self) -> dict[str, int]:
-        """Every ``*_generation`` counter in ``meta`` (one query; see module doc)."""
-        return {key: int(value) for key, value in self._query(
-            "SELECT key, value FROM meta WHERE key LIKE '%\\_generation' ESCAPE '\\'")}
 
     def reserved_ips(self) -> dict[str, str]:
         """ip -> mac of every host reservation."""

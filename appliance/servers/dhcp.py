@@ -51,7 +51,7 @@ from ..indexes import HostIndex
 from ..leases import Allocator
 from ..model import BootSpec, Machine, Subnet
 from ..policy import BootPolicy
-from ..store import HOSTS_GENERATION, LEASES_GENERATION
+from ..store_changes import HOSTS_GENERATION, LEASES_GENERATION
 from ..subnets import SubnetTable
 from . import dhcp_codec as c
 from .l2 import L2Sender

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from appliance.groupcommit import BUSY_STATES, GroupCommitter
 from appliance.indexes import HostIndex, LeaseIndex
 from appliance.model import Host, Lease
-from appliance.store import HOSTS_GENERATION, LEASES_GENERATION, Store
+from appliance.store import Store
+from appliance.store_changes import HOSTS_GENERATION, LEASES_GENERATION
 
 MACS = ["52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03", ""]
 IPS = ["10.0.0.10", "10.0.0.11", "10.0.0.12"]
