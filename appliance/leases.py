@@ -26,7 +26,9 @@ the same storm are not offered the same address.
 
 Writes go through a :class:`~appliance.groupcommit.GroupCommitter` when one
 is attached (the running DHCP server attaches its own), else straight to the
-store, one transaction each.  Either way the decision and the write are
+store, one transaction each.  Hosts are read from :attr:`Allocator.hosts`:
+the store, or while the DHCP server runs its
+:class:`~appliance.indexes.HostIndex`.  Either way the decision and the write are
 atomic, and every read sees the writes still waiting for their commit, so
 two clients are never given one address.  :meth:`Allocator.bind_async` is
 the only path to an ACK: it returns the lease with the :class:`Ticket` of
@@ -71,12 +73,18 @@ class Pools:
 
     def __init__(self, subnet: Subnet):
         self.network = ipaddress.IPv4Network(subnet.network)
+        self.key = str(self.network)  # the next-fit position's key
         self.ranges = [(int(ipaddress.IPv4Address(a)), int(ipaddress.IPv4Address(b)))
                        for a, b in sorted(subnet.pools, key=lambda p: _num(p[0]))]
         self.size = sum(b - a + 1 for a, b in self.ranges)
 
     def __contains__(self, n: int | None) -> bool:
-        return n is not None and any(a <= n <= b for a, b in self.ranges)
+        if n is None:
+            return False
+        for a, b in self.ranges:
+            if a <= n <= b:
+                return True
+        return False
 
     def after(self, n: int) -> int:
         """The pool address following ``n`` (wrapping); ``n`` must be in a pool."""
@@ -100,6 +108,7 @@ class Allocator:
         self.server_ip = server_ip
         self.clock = clock
         self.writer = writer
+        self.hosts = store  # host() / host_by_ip(): the store, or the server's HostIndex
         self._next: dict[str, int] = {}  # next-fit position per subnet (a hint)
         self._pools: dict[Subnet, Pools] = {}
         self._default: tuple[DhcpConfig, Subnet] | None = None
@@ -148,13 +157,13 @@ class Allocator:
         if lease is not None and lease.state in BUSY_STATES and lease.expires > now \
                 and lease.mac != mac:
             return False
-        host = self.store.host_by_ip(ip)
+        host = self.hosts.host_by_ip(ip)
         return host is None or host.mac == mac
 
     def _next_free(self, pools: Pools, now: float) -> str | None:
         if not pools.ranges:
             return None
-        key = str(pools.network)
+        key = pools.key
         n = self._next.get(key)
         n = n if n in pools else pools.ranges[0][0]
         for _probe in range(min(PROBE_LIMIT, pools.size)):
@@ -174,10 +183,10 @@ class Allocator:
                   subnet: Subnet | None = None) -> str | None:
         """The address this MAC should be offered now, or ``None`` (pools exhausted).
 
-        ``host`` is the caller's lookup of ``store.host(mac)`` for this
+        ``host`` is the caller's lookup of ``hosts.host(mac)`` for this
         request (``False``: look it up here).
         """
-        host = self.store.host(mac) if host is False else host
+        host = self.hosts.host(mac) if host is False else host
         reserved = self.reservation(host, subnet)
         if reserved:
             return reserved
@@ -190,10 +199,12 @@ class Allocator:
             return requested
         return self._next_free(pools, now)
 
-    def _put(self, lease: Lease, check_free_at: float | None) -> Ticket | None:
-        """Decide-and-write atomically; ``None`` when refused."""
+    def _put(self, lease: Lease, check_free_at: float | None,
+             wake: bool = True) -> Ticket | None:
+        """Decide-and-write atomically; ``None`` when refused.  ``wake=False``: nobody
+        waits for this write (it rides the next group commit)."""
         if self.writer is not None:
-            ticket = self.writer.put_lease(lease, check_free_at)
+            ticket = self.writer.put_lease(lease, check_free_at, wake)
         else:
             ok = self.store.put_lease(lease, check_free_at)
             ticket = Ticket(done=True) if ok else None
@@ -215,7 +226,7 @@ class Allocator:
             if held and held.mac == mac and held.state == "bound" and held.expires > now:
                 return ip  # keep the bound lease as it is
             lease = Lease(mac, ip, now + self.dhcp.offer_hold, "offered", hostname)
-            if self._put(lease, check_free_at=now) is not None:
+            if self._put(lease, check_free_at=now, wake=False) is not None:
                 return ip
             requested = None
         return None
@@ -229,7 +240,7 @@ class Allocator:
         is done once the lease is durable; an ACK for it must not leave
         before then (see :meth:`Ticket.then`).
         """
-        host = self.store.host(mac) if host is False else host
+        host = self.hosts.host(mac) if host is False else host
         reserved = self.reservation(host, subnet)
         if reserved is not None and reserved != ip:
             return None  # the host has another reservation in this subnet

@@ -15,7 +15,9 @@ Contract:
   lets them read while the server writes.  ``busy_timeout`` absorbs short
   write contention between processes.
 * Nothing else in the appliance keeps shadow state: the servers ask the
-  store on every request.
+  store on every request -- except the DHCP hot path, whose in-memory
+  indexes (:mod:`appliance.indexes`) follow the store through two counters
+  in ``meta`` and a change token (:mod:`appliance.store_changes`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .model import BootRule, Distro, Event, Host, Lease, Profile, TemplateVersion
+from .store_changes import BUMP_LEASES, CHANGES_SCHEMA, ChangeRows
 from .store_import import ImportRows
 from .store_subnets import SUBNETS_SCHEMA, SubnetRows
 from .store_tenants import TENANTS_SCHEMA, TenantRows
@@ -62,7 +65,7 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, mac TEXT NOT NULL,
     kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
-""" + SUBNETS_SCHEMA + TENANTS_SCHEMA
+""" + SUBNETS_SCHEMA + TENANTS_SCHEMA + CHANGES_SCHEMA
 HOST_COLS = ("mac, name, ip, profile, netboot, token, token_expires, variables, options, "
              "boot_rules, tenant, source")
 
@@ -71,8 +74,10 @@ class StoreError(ValueError):
     """A write was refused (unknown reference, duplicate, bad value)."""
 
 
-class Store(SubnetRows, TenantRows, ImportRows):
+class Store(SubnetRows, TenantRows, ImportRows, ChangeRows):
     """Typed access to the state database.  ``open()`` does the I/O."""
+
+    HOST_COLS = HOST_COLS  # for the mixins: every host read names its columns
 
     def __init__(self, path: Path | str):
         self.path = Path(path) if str(path) != ":memory:" else path
@@ -80,6 +85,7 @@ class Store(SubnetRows, TenantRows, ImportRows):
         self._lock = threading.RLock()
         self._wdb: sqlite3.Connection | None = None  # group-commit connection
         self._wlock = threading.Lock()
+        self._commits = 0  # transactions committed by this Store (see change_token)
 
     # -- lifecycle -----------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -141,6 +147,7 @@ class Store(SubnetRows, TenantRows, ImportRows):
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            self._commits += 1
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -349,22 +356,31 @@ class Store(SubnetRows, TenantRows, ImportRows):
             out[ip] = mac
         return out
 
-    @staticmethod
-    def _write_lease(db: sqlite3.Connection, lease: Lease,
+    # The checked write as one statement (it runs per lease in every group
+    # commit): insert, or replace the IP's row unless another MAC holds it
+    # unexpired in a busy state; never over another host's reservation.
+    _CHECKED_WRITE = (
+        "INSERT INTO leases (ip, mac, expires, state, hostname) "
+        "SELECT :ip, :mac, :expires, :state, :hostname "
+        "WHERE NOT EXISTS (SELECT 1 FROM hosts WHERE ip = :ip AND mac <> :mac) "
+        "ON CONFLICT(ip) DO UPDATE SET mac=excluded.mac, expires=excluded.expires, "
+        "state=excluded.state, hostname=excluded.hostname "
+        "WHERE leases.mac = excluded.mac OR leases.expires <= :at OR leases.state NOT IN "
+        "('offered','bound','declined','conflict')")
+
+    @classmethod
+    def _write_lease(cls, db: sqlite3.Connection, lease: Lease,
                      check_free_at: float | None) -> bool:
-        if check_free_at is not None:
-            row = db.execute("SELECT mac FROM leases WHERE ip=? AND expires>? AND "
-                             "state IN ('offered','bound','declined','conflict')",
-                             (lease.ip, check_free_at)).fetchone()
-            if row is not None and row[0] != lease.mac:
-                return False
-            row = db.execute("SELECT mac FROM hosts WHERE ip=?", (lease.ip,)).fetchone()
-            if row is not None and row[0] != lease.mac:
-                return False
+        if check_free_at is None:
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
+                       (lease.ip, lease.mac, lease.expires, lease.state, lease.hostname))
+        elif db.execute(cls._CHECKED_WRITE, {
+                "ip": lease.ip, "mac": lease.mac, "expires": lease.expires,
+                "state": lease.state, "hostname": lease.hostname,
+                "at": check_free_at}).rowcount != 1:
+            return False
         if lease.mac:  # ownerless probation rows do not move a MAC's lease
             db.execute("DELETE FROM leases WHERE mac=? AND ip<>?", (lease.mac, lease.ip))
-        db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?)",
-                   (lease.ip, lease.mac, lease.expires, lease.state, lease.hostname))
         return True
 
     def put_lease(self, lease: Lease, check_free_at: float | None = None) -> bool:
@@ -376,7 +392,10 @@ class Store(SubnetRows, TenantRows, ImportRows):
         A MAC keeps one lease: its rows on other IPs are dropped.
         """
         with self._tx() as db:
-            return self._write_lease(db, lease, check_free_at)
+            written = self._write_lease(db, lease, check_free_at)
+            if written:
+                db.execute(BUMP_LEASES)
+            return written
 
     def reserved_ips(self) -> dict[str, str]:
         """ip -> mac of every host reservation."""
@@ -409,6 +428,8 @@ class Store(SubnetRows, TenantRows, ImportRows):
                 db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+            if self.path == ":memory:":  # else on _wdb: the pragma of _db sees it
+                self._commits += 1  # under self._lock, as every other increment
         return done
 
     # -- events -------------------------------------------------------------

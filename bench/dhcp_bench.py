@@ -9,8 +9,11 @@ Layout: two network namespaces joined by one veth (``10.77.0.1/16`` server
 side, ``10.77.0.2/16`` perfdhcp side), pool ``10.77.1.0-10.77.255.254``.
 Every (server, rate) point starts the server on fresh state and runs
 ``perfdhcp -4 -l IFACE -r RATE -p PERIOD -R CLIENTS``; a point passes when
-both DISCOVER-OFFER and REQUEST-ACK drop < 1 %.  The score of a server is
-the highest 4-way exchange rate perfdhcp measured at a passing point.
+both DISCOVER-OFFER and REQUEST-ACK drop < 1 %.  A server's ladder stops
+after ``--patience`` consecutive failed points.  The score of a server is
+the highest 4-way exchange rate perfdhcp measured at a passing point.  Each
+point also records the server process's CPU time per exchange (from
+/proc, every thread) -- steadier than the rate on a shared machine.
 
 Durability of each server, as configured here: Plowshare commits every lease
 in SQLite (WAL, ``synchronous=FULL``) before the ACK leaves, batched by group
@@ -117,6 +120,14 @@ class Server:
         path = self.state / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU the server process used so far (``ip netns exec`` execs it)."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, AttributeError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -140,6 +151,11 @@ class Plowshare(Server):
 
     def ready(self) -> bool:
         return "listening on" in self.log()
+
+    def probes(self) -> int | None:
+        """ICMP echo requests the ping check sent during the run (None: check off)."""
+        m = re.search(r"ping check probes sent: (\d+)", self.log())
+        return int(m.group(1)) if m else None
 
     def leases(self):
         db = sqlite3.connect(self.state / "plowshare.db")
@@ -219,14 +235,24 @@ def run_point(kind: type[Server], rate: int, period: int, root: Path) -> dict:
     server.start()
     try:
         clients = min(60_000, max(1000, rate * period))
+        cpu0 = server.cpu_seconds()
         stats = perfdhcp(["-r", str(rate), "-p", str(period), "-R", str(clients)],
                          timeout=period + 60)
+        cpu1 = server.cpu_seconds()
     finally:
         server.stop()
+    acks = stats["ra_received_packets"] or 0
+    stats["cpu_us_per_exchange"] = (1e6 * (cpu1 - cpu0) / acks
+                                    if acks and cpu0 is not None and cpu1 is not None else None)
+    stats["ping_probes"] = server.probes() if isinstance(server, Plowshare) else None
     stats.update(server=kind.name, target=rate, clients=clients,
                  passed=stats["do_drop_pct"] < DROP_LIMIT and stats["ra_drop_pct"] < DROP_LIMIT)
     print(f"{kind.name:9} rate {rate:5}: {stats['rate']:8.1f} ex/s  drops DO "
-          f"{stats['do_drop_pct']:.2f}% RA {stats['ra_drop_pct']:.2f}%", flush=True)
+          f"{stats['do_drop_pct']:.2f}% RA {stats['ra_drop_pct']:.2f}%"
+          + (f"  CPU {stats['cpu_us_per_exchange']:.0f} us/exchange"
+             if stats["cpu_us_per_exchange"] else "")
+          + (f"  ping probes {stats['ping_probes']}" if stats["ping_probes"] is not None
+             else ""), flush=True)
     return stats
 
 
@@ -254,6 +280,10 @@ def run_avalanche(kind: type[Server], root: Path) -> dict:
     return stats
 
 
+def loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
 def machine_facts() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), "?")
@@ -263,7 +293,7 @@ def machine_facts() -> dict:
         if shutil.which(cmd[0]):
             versions[name] = sh(cmd, check=False).stdout.splitlines()[0].strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
-            "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+            "loadavg_at_start": loadavg(),
             "python": platform.python_version(), **versions}
 
 
@@ -276,16 +306,21 @@ def bench(args) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="dhcp-bench-") as tmp:
             for kind in kinds:
+                failures = 0
                 for rate in rates:
                     point = run_point(kind, rate, args.period, Path(tmp))
                     results["points"].append(point)
-                    if not point["passed"] and rate != rates[0]:
+                    failures = 0 if point["passed"] else failures + 1
+                    if failures >= args.patience:
                         break  # higher rates would fail too
                 if not args.no_avalanche:
                     results["avalanche"].append(run_avalanche(kind, Path(tmp)))
     finally:
         lab_down()
+    results["machine"]["loadavg_at_end"] = loadavg()
     summarise(results)
+    print(f"load average at start {' '.join(results['machine']['loadavg_at_start'])}, "
+          f"at end {' '.join(results['machine']['loadavg_at_end'])}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 
@@ -303,6 +338,33 @@ def summarise(results: dict) -> None:
     results["best"] = best
 
 
+def report(paths: list[str]) -> None:
+    """Markdown tables (points, best rates with ratios, avalanche) of results files."""
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        m = res["machine"]
+        print(f"\n### {Path(path).name}: load average {' / '.join(m['loadavg_at_start'])} "
+              f"at the start, {' / '.join(m.get('loadavg_at_end', ['?']))} at the end\n")
+        print("| server | target /s | perfdhcp ex/s | DO drops | RA drops | CPU us/exchange "
+              "| pass |\n|---|---:|---:|---:|---:|---:|---|")
+        for p in res["points"]:
+            cpu = p.get("cpu_us_per_exchange")
+            print(f"| {p['server']} | {p['target']} | {p['rate']:.1f} | {p['do_drop_pct']:.2f} % "
+                  f"| {p['ra_drop_pct']:.2f} % | {f'{cpu:.0f}' if cpu else '-'} "
+                  f"| {'yes' if p['passed'] else 'no'} |")
+        best = res.get("best", {})
+        print("\n| server | best ex/s | ratio to Kea | ratio to dnsmasq |\n|---|---:|---:|---:|")
+        for name, rate in best.items():
+            ratios = [f"{rate / best[o]:.2f}" if best.get(o) else "-" for o in ("kea", "dnsmasq")]
+            print(f"| {name} | {rate:.1f} | {ratios[0]} | {ratios[1]} |")
+        print("\n| server | wall | ACKs | non-unique | store leases | store duplicates | pass |"
+              "\n|---|---:|---:|---:|---:|---:|---|")
+        for a in res["avalanche"]:
+            print(f"| {a['server']} | {a['wall']:.2f} s | {a['ra_received_packets']} "
+                  f"| {a['ra_non_unique_addresses']} | {a['store_leases']} "
+                  f"| {a['store_duplicates']} | {'yes' if a['passed'] else 'no'} |")
+
+
 # -- the Plowshare side -------------------------------------------------------------
 def serve(args) -> None:
     """Plowshare's DhcpServer alone, as the appliance composes it."""
@@ -316,7 +378,10 @@ def serve(args) -> None:
     from appliance.leases import Allocator
     from appliance.policy import BootPolicy
     from appliance.sandbox_inline import InlineSandbox
+    from appliance.servers.conflict import ConflictGuard
     from appliance.servers.dhcp import DhcpContext, DhcpServer
+    from appliance.servers.icmp_probe import IcmpProber
+    from appliance.servers.rogue import RogueDetector
     from appliance.store import Store
     from appliance.templates import TemplateLibrary
 
@@ -329,20 +394,33 @@ def serve(args) -> None:
     renderer = Renderer(InlineSandbox(), TemplateLibrary(store, cfg.kickstarts_dir))
     ctx = DhcpContext(cfg, BootPolicy(store, cfg, renderer),
                       Allocator(store, cfg.dhcp, cfg.address), EventLog(store), IF_SRV)
-    server = DhcpServer(ctx)
-    server.start()
-    print("listening on", IF_SRV, flush=True)
+    guard = None
+    if cfg.dhcp.ping_check:  # on by default, as at a site: skipped under load by its gate
+        guard = ConflictGuard(ctx.allocator, IcmpProber(IF_SRV))
+    servers = [DhcpServer(ctx, guard=guard)]
+    if cfg.dhcp.rogue_detect:  # on by default: a sniffer on the same interface
+        servers.append(RogueDetector(IF_SRV, cfg.address, ctx.events,
+                                     cfg.dhcp.rogue_probe_interval))
+    for server in servers:
+        server.start()
+    print("listening on", IF_SRV, f"(ping check {'on' if guard else 'off'}, rogue detection "
+          f"{'on' if cfg.dhcp.rogue_detect else 'off'})", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     while not stop:
         time.sleep(0.2)
-    server.stop()
+    for server in reversed(servers):
+        server.stop()
+    if guard is not None:
+        print(f"ping check probes sent: {guard.prober.probes_sent}", flush=True)
     store.close()
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd")
+    r = sub.add_parser("report", help="markdown tables of results files")
+    r.add_argument("files", nargs="+")
     s = sub.add_parser("serve")
     s.add_argument("--state", required=True)
     s.add_argument("--verbose", action="store_true")
@@ -350,10 +428,15 @@ def main(argv=None) -> None:
     p.add_argument("--period", type=int, default=10)
     p.add_argument("--servers", default="plowshare,kea,dnsmasq")
     p.add_argument("--no-avalanche", action="store_true")
+    p.add_argument("--patience", type=int, default=2,
+                   help="consecutive failed points after which a server's ladder stops "
+                        "(one failure can be a moment of load on a shared machine)")
     p.add_argument("--out")
     args = p.parse_args(argv)
     if args.cmd == "serve":
         serve(args)
+    elif args.cmd == "report":
+        report(args.files)
     else:
         bench(args)
 

@@ -180,10 +180,14 @@ class ConflictGuard:
 
     # -- what the loop asks -------------------------------------------------------
     def fds(self) -> list:
-        return [self.prober] if self.enabled else []
+        """What the loop should also wait on: the prober, only while a probe is out
+        (else stray ICMP -- anybody's ping replies -- would wake the loop for nothing)."""
+        return [self.prober] if self.enabled and (self._held or self._declined) else []
 
     def timeout(self, default: float) -> float:
         """Seconds the loop may wait in ``select`` before :meth:`tick` is due."""
+        if not self._held and not self._declined and self._sweep_at is None:
+            return default  # the common case under load: nothing is waiting
         deadlines = [h.deadline for h in self._held.values()]
         deadlines += [d for d, _mac in self._declined.values()]
         if self._sweep_at is not None:
@@ -218,6 +222,8 @@ class ConflictGuard:
 
     def tick(self) -> None:
         """Take echo replies, send the OFFERs whose probe timed out, enforce the cap."""
+        if not self._held and not self._declined and self._sweep_at is None:
+            return  # the common case under load: nothing is waiting
         now = self.clock()
         if self.enabled and (self._held or self._declined):
             for ip in self.prober.replies():
@@ -237,7 +243,7 @@ class ConflictGuard:
             return False
         in_pool = any(self.allocator.in_pool(ip, s) for s in self.subnets())
         if not needs_probe(ip, req.mac, prior, in_pool,
-                           self.allocator.store.host_by_ip(ip) is not None,
+                           self.allocator.hosts.host_by_ip(ip) is not None,
                            self.allocator.clock()):
             return False
         self.prober.send(ip)

@@ -19,7 +19,12 @@ around it.  Contract of the loop:
   :data:`BATCH`); lease writes and events are queued on one :class:`~appliance.groupcommit.GroupCommitter` whose writer
   thread commits them with one fsync per batch while the loop goes on;
 * no packet, however malformed, stops the loop;
-* the subnet table (config and store subnets) is refreshed once per batch.
+* the store is not read per packet: once per batch its change token (a
+  pragma) says whether anything was committed since the last batch, and only
+  then its generation counters (one query) tell the subnet table, the host
+  index (:class:`~appliance.indexes.HostIndex`, which :func:`make_reply` and
+  the allocator read hosts from while the server runs) and the group
+  committer's lease index whether to re-read anything.
 
 Relays (RFC 3046): a request with giaddr is answered for the subnet of the
 relay, to the relay.  Option 82 counts only from a relay in
@@ -42,9 +47,11 @@ from ..arch import classify, describe
 from ..config import Config
 from ..events import EventLog
 from ..groupcommit import GroupCommitter
+from ..indexes import HostIndex
 from ..leases import Allocator
 from ..model import BootSpec, Machine, Subnet
 from ..policy import BootPolicy
+from ..store_changes import HOSTS_GENERATION, LEASES_GENERATION
 from ..subnets import SubnetTable
 from . import dhcp_codec as c
 from .l2 import L2Sender
@@ -189,7 +196,7 @@ def _options(req, ctx, subnet: Subnet, host, lease_time: int | None) -> list:
 
 
 def _offer(req, ctx, subnet: Subnet) -> c.DhcpReply | None:
-    host = ctx.policy.store.host(req.mac)  # one lookup per request, shared below
+    host = ctx.allocator.hosts.host(req.mac)  # one lookup per request, shared below
     ip = ctx.allocator.offer(req.mac, req.requested_ip, req.hostname, host=host,
                              subnet=subnet)
     if ip is None:
@@ -216,7 +223,7 @@ def _request(req, ctx, subnet: Subnet) -> c.DhcpReply | None:
     ip = req.requested_ip or (req.ciaddr if req.ciaddr != "0.0.0.0" else None)
     if ip is None:
         return None
-    host = ctx.policy.store.host(req.mac)
+    host = ctx.allocator.hosts.host(req.mac)
     lease_time = ctx.table().lease_time(subnet, host, req.lease_time)
     bound = ctx.allocator.bind_async(req.mac, ip, req.hostname, host=host, subnet=subnet,
                                      lease_time=lease_time)
@@ -254,7 +261,7 @@ def _answer(req: c.DhcpRequest, ctx: DhcpContext, subnet: Subnet) -> c.DhcpReply
     if kind == c.REQUEST:
         return _request(req, ctx, subnet)
     if kind == c.INFORM:
-        host = ctx.policy.store.host(req.mac)
+        host = ctx.allocator.hosts.host(req.mac)
         reply = c.DhcpReply(c.ACK, req, options=_options(req, ctx, subnet, host, None))
         return _with_boot(reply, req, ctx)
     if kind == c.RELEASE and req.ciaddr != "0.0.0.0":
@@ -295,11 +302,17 @@ class DhcpServer:
         self._l2: L2Sender | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.hosts: HostIndex | None = None
+        self._store_token = None  # Store.change_token() when last synced
 
     def attach_writer(self) -> None:
+        """Start the group committer (unless given) and the host index; attach both."""
+        alloc = self.ctx.allocator
+        self.hosts = HostIndex(alloc.store)
+        self.hosts.refresh()
         if self.writer is None:
-            self.writer = GroupCommitter(self.ctx.allocator.store).start()
-        self.ctx.allocator.writer = self.writer
+            self.writer = GroupCommitter(alloc.store).start()
+        alloc.writer, alloc.hosts, self.writer.hosts = self.writer, self.hosts, self.hosts
         self.events = self.ctx.events.via(self.writer)
 
     def start(self) -> None:
@@ -334,6 +347,7 @@ class DhcpServer:
             self.writer.stop()  # commits what is queued and sends its ACKs
             self.writer = None
         self.ctx.allocator.writer = None
+        self.ctx.allocator.hosts = self.ctx.allocator.store
         self.events = self.ctx.events
         for s in (self._sock, self._l2):
             if s is not None:
@@ -374,11 +388,26 @@ class DhcpServer:
                 except Exception:
                     log.exception("error in the ping check")
 
+    def sync_store(self) -> None:
+        """Bring the host index, lease index and subnet table up to the store."""
+        store = self.ctx.allocator.store
+        token = store.change_token()  # read first: a later commit changes it again
+        if token == self._store_token:
+            return  # nothing committed since; a new table (reload) reads on first use
+        generations = store.generations()
+        if self.hosts is not None:
+            self.hosts.refresh(generations.get(HOSTS_GENERATION, 0))
+        if self.writer is not None:
+            self.writer.sync(generations.get(LEASES_GENERATION, 0))
+        self.ctx.table().refresh()
+        self._store_token = token
+
     def handle_batch(self, payloads: list[bytes]) -> None:
         try:
-            self.ctx.table().refresh()  # one generation read per batch
+            self.sync_store()
         except Exception:
-            log.exception("subnet table not refreshed; answering from the previous one")
+            log.exception("store not re-read; answering from the previous hosts, leases "
+                          "and subnets")
         for payload in payloads:
             try:
                 self.handle(payload)

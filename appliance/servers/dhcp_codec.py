@@ -30,6 +30,7 @@ Field quirks handled here so that the decision code never sees them
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -285,7 +286,7 @@ REQUEST_OPTIONS: dict[int, str] = {
 
 
 def _ip_text(raw: bytes) -> str:
-    return "%d.%d.%d.%d" % tuple(raw[:4])  # noqa: UP031 - hot path
+    return socket.inet_ntoa(raw[:4])  # OSError when short: decode() gives None
 
 
 def _scan_options(payload: bytes) -> dict[int, bytes]:
@@ -366,6 +367,19 @@ def _option_bytes(item) -> bytes:
     return bytes((code, len(value))) + value
 
 
+# A reply's options are nearly always the same few items (the subnet's, the
+# lease times): their wire form is memoised.  Pure, and bounded.
+OPTION_CACHE_SIZE = 4096
+_cached_option_bytes = functools.lru_cache(maxsize=OPTION_CACHE_SIZE)(_option_bytes)
+
+
+def _option_wire(item) -> bytes:
+    try:
+        return _cached_option_bytes(item)
+    except TypeError:  # an unhashable value (a list): encoded every time
+        return _option_bytes(item)
+
+
 def encode(reply: DhcpReply, server_ip: str) -> bytes:
     """Byte-for-byte what :func:`encode_scapy` builds, without scapy."""
     req = reply.request
@@ -376,7 +390,7 @@ def encode(reply: DhcpReply, server_ip: str) -> bytes:
         ip_bytes(reply.yiaddr), ip_bytes(reply.siaddr), ip_bytes(req.giaddr),
         req.chaddr.ljust(16, b"\x00"), reply.sname.encode()[:63], file_field)
     options = [("message-type", reply.msg_type), ("server_id", server_ip), *reply.options]
-    return b"".join((header, MAGIC_COOKIE, *map(_option_bytes, options), bytes((OPT_END,))))
+    return b"".join((header, MAGIC_COOKIE, *map(_option_wire, options), bytes((OPT_END,))))
 
 
 # -- server messages, as a client or a sniffer sees them -------------------------

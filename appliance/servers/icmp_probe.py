@@ -79,6 +79,7 @@ class IcmpProber:
         self._seq = 0
         self._sent: dict[int, str] = {}  # sequence -> address, until answered or forgotten
         self._sock: socket.socket | None = None
+        self.probes_sent = 0  # echo requests sent since construction (for benchmarks)
 
     def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -104,6 +105,7 @@ class IcmpProber:
         """Send one echo request to ``ip``; an error is logged (the probe then times out)."""
         self._seq = (self._seq + 1) & 0xFFFF
         self._sent[self._seq] = ip
+        self.probes_sent += 1
         try:
             self._sock.sendto(echo_request(self.ident, self._seq), (ip, 0))
         except OSError as exc:

@@ -1,8 +1,10 @@
 """Rogue-DHCP detection: other servers answering on the provisioning interface.
 
 Passive: an ``AF_PACKET`` socket on the interface with a classic BPF filter
-(``ip and udp and src port 67``, attached before the socket is bound, so
-nothing else is queued) hands every DHCP server message that reaches this
+(:data:`BPF_SERVER_REPLIES`: BOOTREPLYs from port 67 that this host did not
+send, attached before the socket is bound, so nothing else is queued and
+neither our own replies nor relayed requests -- also from port 67 -- wake
+the detector) hands every DHCP server message that reaches this
 interface to :func:`parse_frame`; an OFFER or ACK whose server identifier
 (option 54, else the IPv4 source) is not ours is a rogue sighting.  The
 first sighting of a server, and then at most one per :data:`EVENT_INTERVAL`
@@ -54,12 +56,20 @@ RECV_BUFFER = 4096
 PROBE_MAC = "02:50:4c:4f:57:53"  # locally administered, "PLOWS": the active probe's client
 BROADCAST_MAC = b"\xff" * 6
 
-# "ip and udp and src port 67" as classic BPF (what tcpdump -dd prints):
-# ethertype == IPv4, protocol == UDP, not a fragment, UDP source port == 67.
-BPF_SRC_PORT_67 = [
-    (0x28, 0, 0, 12), (0x15, 0, 8, ETH_P_IP), (0x30, 0, 0, 23), (0x15, 0, 6, IPPROTO_UDP),
-    (0x28, 0, 0, 20), (0x45, 4, 0, 0x1FFF), (0xB1, 0, 0, ETH_HEADER),
-    (0x48, 0, 0, ETH_HEADER), (0x15, 0, 1, BOOTP_SERVER_PORT), (0x06, 0, 0, 0x40000),
+SKF_AD_PKTTYPE = 0xFFFFF000 + 4  # linux/filter.h: SKF_AD_OFF (-0x1000) + SKF_AD_PKTTYPE
+BOOTREPLY_OFFSET = ETH_HEADER + 8  # + IP header length (X): the BOOTP op byte (RFC 951)
+
+# "not outbound and ip and udp and src port 67 and udp[8] == 2" as classic
+# BPF (what tcpdump -dd prints, jumps relative): the frame was not sent by
+# this host (under load one of our replies per request would wake the
+# detector), ethertype IPv4, protocol UDP, not a fragment, UDP source port
+# 67, BOOTP op BOOTREPLY (relays send requests from port 67 too).
+BPF_SERVER_REPLIES = [
+    (0x20, 0, 0, SKF_AD_PKTTYPE), (0x15, 12, 0, PACKET_OUTGOING),
+    (0x28, 0, 0, 12), (0x15, 0, 10, ETH_P_IP), (0x30, 0, 0, 23), (0x15, 0, 8, IPPROTO_UDP),
+    (0x28, 0, 0, 20), (0x45, 6, 0, 0x1FFF), (0xB1, 0, 0, ETH_HEADER),
+    (0x48, 0, 0, ETH_HEADER), (0x15, 0, 3, BOOTP_SERVER_PORT),
+    (0x50, 0, 0, BOOTREPLY_OFFSET), (0x15, 0, 1, c.BOOTREPLY), (0x06, 0, 0, 0x40000),
     (0x06, 0, 0, 0),
 ]
 
@@ -152,7 +162,7 @@ class RogueDetector:
     def start(self) -> None:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # no traffic until bound
         try:
-            attach_filter(sock, BPF_SRC_PORT_67)
+            attach_filter(sock, BPF_SERVER_REPLIES)
             sock.bind((self.interface, ETH_P_IP))
             sock.setblocking(False)
         except OSError:

@@ -30,7 +30,7 @@ from scapy.layers.dhcp import BOOTP, DHCP
 
 from appliance.servers import dhcp_codec as c
 from appliance.servers.l2 import udp_frame
-from appliance.servers.rogue import BPF_SRC_PORT_67, ETH_P_IP, attach_filter, parse_frame
+from appliance.servers.rogue import BPF_SERVER_REPLIES, ETH_P_IP, attach_filter, parse_frame
 
 from .appliance_proc import REPO
 
@@ -42,7 +42,7 @@ BROADCAST = b"\xff" * 6
 
 def _socket(iface: str, proto: int = ETH_P_IP) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    attach_filter(sock, BPF_SRC_PORT_67)
+    attach_filter(sock, BPF_SERVER_REPLIES)
     sock.bind((iface, proto))
     return sock
 

@@ -168,6 +168,16 @@ def test_offer_is_held_for_the_probe_then_sent(rig):
     assert [s.yiaddr for s in r.sent] == [POOL[0]]
 
 
+def test_prober_is_watched_only_while_a_probe_is_out(rig):
+    """Stray ICMP (anybody's ping replies) must not wake the loop when nothing waits."""
+    r = rig()
+    assert r.guard.fds() == [] and r.guard.timeout(5.0) == 5.0
+    r.request(packet(c.DISCOVER, _mac(1)))
+    assert r.guard.fds() == [r.prober]
+    r.advance(PROBE_TIMEOUT + 0.01)
+    assert r.sent and r.guard.fds() == []
+
+
 def test_other_clients_are_served_while_an_offer_is_held(rig):
     r = rig()
     r.request(packet(c.DISCOVER, _mac(1)))

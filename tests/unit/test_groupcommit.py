@@ -201,3 +201,27 @@ def test_dhcp_server_sends_acks_only_after_commit(tmp_path):
     assert acks_before == 0, "an ACK left while its commit was held back"
     assert early == []
     assert len(sent) == 60
+
+
+def test_a_write_nobody_waits_for_rides_the_next_commit(store):
+    """An OFFER's hold (wake=False) is visible at once and shares the next fsync."""
+    writer = GroupCommitter(store, lazy_delay=60).start()  # only a waking write commits
+    try:
+        hold = Lease("52:54:00:00:08:01", "10.0.0.81", 1e12, "offered")
+        assert writer.put_lease(hold, 1.0, wake=False) is not None
+        assert writer.lease_for_ip("10.0.0.81") == hold  # pending, already in the view
+        with pytest.raises(TimeoutError):  # nobody woke the writer for it
+            writer.flush(timeout=0.5)
+        assert store.committed == []
+        bound = writer.put_lease(Lease("52:54:00:00:08:02", "10.0.0.83", 1e12, "bound"), 1.0)
+        assert bound.wait(10)
+        assert store.committed == [{"10.0.0.81", "10.0.0.83"}]  # one commit, one fsync
+    finally:
+        writer.stop()
+
+
+def test_a_lone_write_nobody_waits_for_is_still_committed(store, writer):
+    lone = Lease("52:54:00:00:08:03", "10.0.0.82", 1e12, "offered")
+    writer.put_lease(lone, 1.0, wake=False)
+    writer.flush()  # nothing woke the writer: it commits the hold within lazy_delay
+    assert store.lease_for_ip("10.0.0.82") == lone
