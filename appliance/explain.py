@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .arch import classify, describe
 from .model import Machine
-from .servers.dhcp import boot_options
+from .servers.dhcp_boot import boot_options
 
 
 def _option_text(name, value) -> str:

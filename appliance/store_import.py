@@ -15,6 +15,7 @@ import json
 import sqlite3
 
 from .model import Host, Subnet
+from .store_errors import StoreError
 from .store_subnets import _BUMP, GENERATION_KEY
 
 _UPDATE = ("UPDATE hosts SET name=?, ip=?, options=?, boot_rules=?, tenant=?, source=? "
@@ -33,7 +34,6 @@ class ImportRows:
                      subnets: list[Subnet], token_ttl: float) -> None:
         """Write one import atomically (see the module docstring); raises
         StoreError naming the first write that failed, having changed nothing."""
-        from .store import StoreError
 
         try:
             with self._tx() as db:

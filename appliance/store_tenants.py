@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS tenant_ranges (
 """
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
+from .store_errors import StoreError
+
 
 def check_range(first: str, last: str) -> tuple[str, str]:
     """Canonical ``(first, last)``; ValueError unless both are IPv4 and first <= last."""
@@ -37,7 +39,6 @@ class TenantRows:
     """Tenant rows; needs the host class's ``_tx`` and ``_query`` (and StoreError)."""
 
     def add_tenant(self, name: str) -> None:
-        from .store import StoreError
 
         if not _NAME.fullmatch(name) or name == "operator":
             raise StoreError(f"tenant {name!r}: use letters, digits, '_', '.', '-' "
@@ -52,7 +53,6 @@ class TenantRows:
                       ranges: list[tuple[str, str]] = ()) -> None:
         """Give ``macs`` (normalised) and ``ranges`` to tenant ``name``, in one
         transaction; a MAC that another tenant owns is refused (StoreError)."""
-        from .store import StoreError
 
         with self._tx() as db:
             if db.execute("SELECT 1 FROM tenants WHERE name=?", (name,)).fetchone() is None:

@@ -4,7 +4,7 @@ For sites whose own DHCP server stays in place (PXE 2.1 "proxyDHCP";
 dnsmasq's ``dhcp-range=...,proxy`` and pixiecore behave this way).  The
 site's server hands out every address; Plowshare answers only boot clients
 the policy has a :class:`~appliance.model.BootSpec` for, with the same boot
-file :func:`appliance.servers.dhcp.boot_options` gives in server mode.
+file :func:`appliance.servers.dhcp_boot.boot_options` gives in server mode.
 
 :func:`make_proxy_reply` is the whole decision for one request; it touches
 no leases and no sockets.  :class:`ProxyDhcpServer` is the thin loop:
@@ -51,7 +51,7 @@ from ..config import Config
 from ..events import EventLog
 from ..policy import BootPolicy
 from . import dhcp_codec as c
-from .dhcp import boot_answer
+from .dhcp_boot import boot_answer
 
 log = logging.getLogger("plowshare.dhcp")
 

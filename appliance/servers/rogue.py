@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 
 from ..events import EventLog
+from . import dhcp_client_view as cv
 from . import dhcp_codec as c
 from .l2 import udp_frame
 
@@ -84,7 +85,7 @@ def attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]])
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def parse_frame(frame: bytes) -> tuple[str, str, c.ServerMessage] | None:
+def parse_frame(frame: bytes) -> tuple[str, str, cv.ServerMessage] | None:
     """``(source MAC, source IP, message)`` of a DHCP server frame, else ``None``."""
     if len(frame) < ETH_HEADER + 28 or frame[12:14] != ETH_P_IP.to_bytes(2, "big"):
         return None
@@ -95,7 +96,7 @@ def parse_frame(frame: bytes) -> tuple[str, str, c.ServerMessage] | None:
     sport, _dport = struct.unpack_from("!HH", ip, ihl)
     if sport != BOOTP_SERVER_PORT:
         return None
-    msg = c.decode_reply(ip[ihl + 8:])
+    msg = cv.decode_reply(ip[ihl + 8:])
     if msg is None:
         return None
     return frame[6:12].hex(":"), socket.inet_ntoa(ip[12:16]), msg
@@ -124,7 +125,7 @@ class RogueTracker:
         self.servers: dict[str, RogueServer] = {}
 
     def observe(self, now: float, src_mac: str, src_ip: str,
-                msg: c.ServerMessage) -> RogueServer | None:
+                msg: cv.ServerMessage) -> RogueServer | None:
         """The server to report now, or ``None`` (ours, not an OFFER/ACK, or rate-limited)."""
         if msg.msg_type not in (c.OFFER, c.ACK):
             return None
@@ -195,7 +196,7 @@ class RogueDetector:
 
     def probe(self) -> None:
         """Broadcast one DHCPDISCOVER from :data:`PROBE_MAC`."""
-        payload = c.discover_payload(PROBE_MAC, secrets.randbits(32))
+        payload = cv.discover_payload(PROBE_MAC, secrets.randbits(32))
         frame = udp_frame(bytes.fromhex(PROBE_MAC.replace(":", "")), BROADCAST_MAC, "0.0.0.0",
                           "255.255.255.255", BOOTP_CLIENT_PORT, BOOTP_SERVER_PORT, payload)
         self._sock.send(frame)

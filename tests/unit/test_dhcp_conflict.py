@@ -31,6 +31,7 @@ from appliance.servers.conflict import (
     probation_excess,
 )
 from appliance.servers.dhcp import DhcpContext, make_reply
+from appliance.servers.dhcp_client_view import discover_payload
 from appliance.servers.rogue import RogueTracker, parse_frame, rogue_summary
 from appliance.store import Store
 
@@ -396,7 +397,7 @@ def test_rogue_summary_groups_events_by_server():
 
 
 def test_discover_payload_decodes():
-    req = c.decode(c.discover_payload("02:50:4c:4f:57:53", 99))
+    req = c.decode(discover_payload("02:50:4c:4f:57:53", 99))
     assert (req.msg_type, req.mac, req.xid, req.broadcast) == \
         (c.DISCOVER, "02:50:4c:4f:57:53", 99, True)
 

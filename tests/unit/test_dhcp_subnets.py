@@ -21,7 +21,8 @@ from appliance.model import Distro, Host, Profile, Subnet
 from appliance.policy import BootPolicy
 from appliance.sandbox_inline import InlineSandbox
 from appliance.servers import dhcp_codec as c
-from appliance.servers.dhcp import DhcpContext, machine_of, make_reply
+from appliance.servers.dhcp import DhcpContext, make_reply
+from appliance.servers.dhcp_boot import machine_of
 from appliance.store import SCHEMA_VERSION, Store
 from appliance.subnets import MIN_LEASE_TIME, SubnetTable
 from appliance.templates import TemplateLibrary

@@ -18,7 +18,7 @@ from appliance.kickstart import Renderer
 from appliance.model import Firmware, Host, Machine
 from appliance.policy import BootPolicy
 from appliance.sandbox_inline import InlineSandbox
-from appliance.servers.dhcp import boot_options
+from appliance.servers.dhcp_boot import boot_options
 from appliance.store import Store, StoreError
 from appliance.templates import TemplateLibrary
 
