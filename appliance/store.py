@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, mac TEXT NOT NULL,
     kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
+CREATE INDEX IF NOT EXISTS events_mac_ts ON events(mac, ts);
 """ + SUBNETS_SCHEMA + TENANTS_SCHEMA + CHANGES_SCHEMA
 HOST_COLS = ("mac, name, ip, profile, netboot, token, token_expires, variables, options, "
              "boot_rules, tenant, source")
@@ -373,6 +374,9 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows):
             rows = self._query("SELECT ts, mac, kind, detail FROM events "
                                "ORDER BY id DESC LIMIT ?", (limit,))
             return [Event(*r) for r in reversed(rows)]
+        # a machine's timeline is in the order things happened: the group
+        # committer writes DHCP events lazily, so an HTTP event recorded later
+        # can be committed first (same timestamps: commit order)
         rows = self._query("SELECT ts, mac, kind, detail FROM events WHERE mac=? "
-                           "ORDER BY id DESC LIMIT ?", (mac, limit))
+                           "ORDER BY ts DESC, id DESC LIMIT ?", (mac, limit))
         return [Event(*r) for r in reversed(rows)]

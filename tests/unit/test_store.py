@@ -6,7 +6,7 @@ import pytest
 
 from appliance.config import DhcpConfig
 from appliance.leases import Allocator
-from appliance.model import Distro, Host, Profile
+from appliance.model import Distro, Event, Host, Profile
 from appliance.store import Store, StoreError
 
 MAC, OTHER = "52:54:00:00:00:01", "52:54:00:00:00:02"
@@ -124,3 +124,16 @@ def test_release_frees_address(alloc):
     a.bind(MAC, "10.0.0.10")
     a.release(MAC, "10.0.0.10")
     assert a.offer(OTHER, "10.0.0.10") == "10.0.0.10"
+
+
+def test_timeline_is_in_the_order_things_happened(store):
+    """DHCP events reach the store lazily (group commit), so one recorded
+    earlier can be committed after an HTTP event: the timeline sorts by time."""
+    mac = "52:54:00:00:00:07"
+    store.add_event(Event(100.0, mac, "dhcp-discover", ""))
+    store.add_event(Event(102.0, mac, "http-script", "local"))  # committed first...
+    store.add_event(Event(101.0, mac, "dhcp-ack", "10.0.0.5"))  # ...than this one
+    store.add_event(Event(102.0, mac, "http-file", "same time: commit order"))
+    assert [e.kind for e in store.events(mac)] == [
+        "dhcp-discover", "dhcp-ack", "http-script", "http-file"]
+    assert [e.kind for e in store.events(mac, limit=2)] == ["http-script", "http-file"]
