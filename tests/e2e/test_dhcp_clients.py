@@ -16,7 +16,6 @@ import textwrap
 
 import pytest
 
-from .appliance_proc import PlowshareProcess
 from .lab import NetLab
 
 pytestmark = [
@@ -27,17 +26,6 @@ pytestmark = [
 CLIENTS = 6
 UDHCPC_TRIES, UDHCPC_WAIT = 5, 2
 UDHCPC_TIMEOUT = 60
-
-
-@pytest.fixture
-def lab_server(tmp_path):
-    lab = NetLab().start()
-    server = PlowshareProcess(lab, tmp_path / "state", tmp_path / "plowshare.log")
-    try:
-        yield lab, server, tmp_path
-    finally:
-        server.stop()
-        lab.stop()
 
 
 def _script(tmp_path) -> str:

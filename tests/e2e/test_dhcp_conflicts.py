@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from .appliance_proc import POOL_FIRST, POOL_LAST, REPO, PlowshareProcess
+from .appliance_proc import POOL_FIRST, POOL_LAST, REPO
 from .lab import NetLab
 from .test_dhcp_clients import _lease
 
@@ -38,17 +38,6 @@ ROGUE_HOST = 2
 ROGUE_RANGE = (50, 60)
 WAIT = 60                    # generous: this is a shared 2-core box
 STORM_CLIENTS, STORM_ROUNDS = 40, 5  # 200 DECLINEs for a pool of 100
-
-
-@pytest.fixture
-def lab_server(tmp_path):
-    lab = NetLab().start()
-    server = PlowshareProcess(lab, tmp_path / "state", tmp_path / "plowshare.log")
-    try:
-        yield lab, server, tmp_path
-    finally:
-        server.stop()
-        lab.stop()
 
 
 def _db_rows(server, sql: str, args=()) -> list:
