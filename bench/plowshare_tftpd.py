@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="override TftpServer's max_sessions (default: the server's own)")
     ap.add_argument("--busy-poll", type=float, default=None,
                     help="override TftpServer's busy_poll seconds (0: never spin)")
+    ap.add_argument("--coalesce", type=float, default=None,
+                    help="override TftpServer's coalesce (longest nap, seconds; 0: never)")
+    ap.add_argument("--pure-python", action="store_true",
+                    help="run without the C pump (TftpServer(accelerate=False))")
     ap.add_argument("--log-level", default="WARNING")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -42,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["max_sessions"] = args.max_sessions
     if args.busy_poll is not None:
         kwargs["busy_poll"] = args.busy_poll
+    if args.coalesce is not None:
+        kwargs["coalesce"] = args.coalesce
+    if args.pure_python:
+        kwargs["accelerate"] = False
     server = TftpServer(args.root, bind=(args.host, args.port), **kwargs)
     stop = threading.Event()
     status_wanted = threading.Event()

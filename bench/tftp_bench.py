@@ -53,6 +53,7 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -80,8 +81,9 @@ BLKSIZE = 1468
 WINDOW = 16
 TOOLS = {"atftp": "atftp", "in.tftpd": "tftpd-hpa", "dnsmasq": "dnsmasq-base",
          "unshare": "util-linux", "ip": "iproute2"}
-PORTS = {"plowshare": 16901, "tftpd-hpa": 16902, "dnsmasq": 69}
+PORTS = {"plowshare": 16901, "tftpd-hpa": 16902, "dnsmasq": 69, "plowshare-py": 16903}
 SERVERS = ("plowshare", "tftpd-hpa", "dnsmasq")
+PURE = "plowshare-py"  # --with-pure-python: Plowshare without its C pump, as a 4th server
 
 
 def log(msg: str) -> None:
@@ -183,7 +185,7 @@ class Server:
 
     def status(self, timeout: float = 5.0) -> str | None:
         """Plowshare only: ask the runner for its session counts."""
-        if self.name != "plowshare" or not self.alive():
+        if not self.name.startswith("plowshare") or not self.alive():
             return None
         with contextlib.suppress(queue.Empty):
             while True:
@@ -214,9 +216,9 @@ class Server:
 
 
 def server_cmd(name: str, root: Path, port: int, work: Path) -> list[str]:
-    if name == "plowshare":
+    if name in ("plowshare", PURE):
         return [sys.executable, "-m", "bench.plowshare_tftpd", "--root", str(root),
-                "--host", HOST, "--port", str(port)]
+                "--host", HOST, "--port", str(port)] + (["--pure-python"] if name == PURE else [])
     if name == "tftpd-hpa":
         user = "tftp" if _user_exists("tftp") else "nobody"
         return ["/usr/sbin/in.tftpd", "-L", "-4", "-u", user, "-a", f":{port}",
@@ -271,9 +273,27 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def cpu_idle() -> tuple[float, float]:
+    """(idle, total) jiffies of the whole machine, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return f[3] + f[4], sum(f[:8])
+
+
+def timeline_line(samples: list) -> str:
+    """One line per 0.5 s: aggregate MiB/s, clients still running, % CPU idle."""
+    parts = []
+    for (t0, b0, i0, j0, _), (t1, b1, i1, j1, active) in itertools.pairwise(samples):
+        idle = 100.0 * (i1 - i0) / (j1 - j0) if j1 > j0 else 0.0
+        parts.append(f"{t1:4.1f}s {(b1 - b0) / MIB / (t1 - t0):6.1f} MiB/s "
+                     f"{active:3d} run {idle:3.0f}% idle")
+    return "\n".join("      " + p for p in parts)
+
+
 def atftp_run(server: Server, name: str, size: int, digest: str, clients: int,
-              window: int | None, outdir: Path) -> float:
-    """Run ``clients`` atftp at once; return aggregate MiB/s; check every output."""
+              window: int | None, outdir: Path, timeline: bool = False) -> float:
+    """Run ``clients`` atftp at once; return aggregate MiB/s; check every output.
+    ``timeline``: also log the aggregate rate, clients running and machine
+    idle time every 0.5 s (output file sizes, /proc/stat)."""
     outs = [outdir / f"{server.name}-{i}.out" for i in range(clients)]
     opts = ["--option", f"blksize {BLKSIZE}", "--option", "tsize 0"]
     if window:
@@ -287,9 +307,14 @@ def atftp_run(server: Server, name: str, size: int, digest: str, clients: int,
                 ["atftp", "--get", "-r", name, "-l", str(out), *opts, HOST, str(server.port)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         ends: dict[int, float] = {}
+        samples: list = [(0.0, 0, *cpu_idle(), clients)] if timeline else []
         while len(ends) < len(procs):
-            if time.perf_counter() - t0 > deadline:
+            now = time.perf_counter() - t0
+            if now > deadline:
                 raise subprocess.TimeoutExpired("atftp", deadline)
+            if timeline and now - samples[-1][0] >= 0.5:
+                done = sum(o.stat().st_size for o in outs if o.exists())
+                samples.append((now, done, *cpu_idle(), len(procs) - len(ends)))
             for i, p in enumerate(procs):
                 if i not in ends and p.poll() is not None:
                     ends[i] = time.perf_counter() - t0
@@ -321,16 +346,19 @@ def atftp_run(server: Server, name: str, size: int, digest: str, clients: int,
     if clients > 1 or retries:
         log(f"    client finish times {min(ends.values()):.2f}..{elapsed:.2f} s; "
             f"atftp timeouts: {retries}")
+    if timeline and len(samples) > 1:
+        log("    timeline:\n" + timeline_line(samples))
     return clients * size / MIB / elapsed
 
 
 def measure(server: Server, name: str, size: int, digest: str, clients: int,
-            window: int | None, outdir: Path) -> tuple[float, float | None]:
+            window: int | None, outdir: Path, timeline: bool = False
+            ) -> tuple[float, float | None]:
     """One checked run: (aggregate MiB/s, server CPU seconds per GiB sent)."""
     if not server.alive():
         raise RuntimeError(f"{server.name} died (rc {server.proc.returncode})")
     cpu0 = server.cpu_seconds()
-    mibs = atftp_run(server, name, size, digest, clients, window, outdir)
+    mibs = atftp_run(server, name, size, digest, clients, window, outdir, timeline)
     cpu1 = server.cpu_seconds()
     cpu = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / (clients * size / MIB / 1024)
     cpu_txt = "n/a" if cpu is None else f"{cpu:5.2f} s/GiB"
@@ -539,7 +567,7 @@ def report(res: dict, args, info: dict) -> bool:
               "window": f"1 stream, blksize {BLKSIZE}, windowsize {WINDOW}",
               "c20": "20 clients, aggregate", "c100": "100 clients, aggregate"}
     for scen, label in labels.items():
-        for srv in SERVERS:
+        for srv in res["servers"]:
             key = f"{scen}/{srv}"
             if key not in med:
                 continue
@@ -573,7 +601,15 @@ def report(res: dict, args, info: dict) -> bool:
         "window/plowshare", "single/tftpd-hpa", 2.0)
     bar("20 clients: plowshare / dnsmasq", "c20/plowshare", "c20/dnsmasq", 1.0)
     bar("100 clients / 20 clients (plowshare)", "c100/plowshare", "c20/plowshare", 0.90)
-    for ref in ("tftpd-hpa", "dnsmasq"):  # context for that bar, with --c100-all
+    if f"c20/{PURE}" in med:  # context: what the C pump is worth
+        for scen in ("single", "window", "c20", "c100"):
+            a, b = f"{scen}/plowshare", f"{scen}/{PURE}"
+            if a in med and b in med:
+                paired = "/".join(f"{x / y:.2f}" for x, y in zip(res["runs"][a],
+                                                                   res["runs"][b]))
+                rows.append((f"(context) {scen}: plowshare / {PURE}",
+                             f"{med[a] / med[b]:.3f}", paired, "-", "info"))
+    for ref in ("tftpd-hpa", "dnsmasq", PURE):  # context for that bar, with --c100-all
         a, b = f"c100/{ref}", f"c20/{ref}"
         if a in med and b in med:
             paired = "/".join(f"{x / y:.2f}" for x, y in zip(res["runs"][a], res["runs"][b]))
@@ -602,7 +638,7 @@ def report(res: dict, args, info: dict) -> bool:
             + info["engine_diff"].replace("\n", "; ")
             + "; untracked: " + (info["engine_untracked"].replace("\n", " ") or "none"),
             "windowsize granted: " + ", ".join(
-                f"{s}={res['oack'].get(s, {}).get('windowsize', 'no')}" for s in SERVERS
+                f"{s}={res['oack'].get(s, {}).get('windowsize', 'no')}" for s in res["servers"]
                 if s in res["oack"])]
     if sw:
         head.append(f"{sw['sessions']:,} sessions: {json.dumps(sw)}")
@@ -640,7 +676,10 @@ def inner(args) -> int:
     base = "/dev/shm" if Path("/dev/shm").is_dir() else None
     work = Path(tempfile.mkdtemp(prefix="tftp-bench-", dir=base))
     servers: dict[str, Server] = {}
-    res: dict = {"runs": {}, "cpu": {}, "oack": {}, "load": [os.getloadavg()], "size_mib": args.size_mib,
+    every = SERVERS + ((PURE,) if args.with_pure_python else ())
+    plowshares = ("plowshare",) + ((PURE,) if args.with_pure_python else ())
+    res: dict = {"runs": {}, "cpu": {}, "oack": {}, "load": [os.getloadavg()],
+                 "servers": every, "size_mib": args.size_mib,
                  "small_kib": args.small_kib, "alive_after": None}
     try:
         work.chmod(0o755)
@@ -654,20 +693,19 @@ def inner(args) -> int:
         small_digest = make_file(root / "small.bin", small)
         log(f"root {root}: big.bin {args.size_mib} MiB sha256 {digest[:16]}..., "
             f"small.bin {args.small_kib} KiB")
-        for name in SERVERS:
+        for name in every:
             servers[name] = start_server(name, root, work, "small.bin")
             res["oack"][name] = servers[name].oack
-        for name in SERVERS:  # warm-up, checked, not counted
+        for name in every:  # warm-up, checked, not counted
             atftp_run(servers[name], "small.bin", small, small_digest, 1, None, outdir)
 
         # Rounds: each round runs every (scenario, server) of its group once, in
         # turn, so load from elsewhere on the machine falls on all of them alike
         # and the ratios of one round are paired.
-        groups = [(args.stream_reps, [("single", 1, None, SERVERS),
-                                      ("window", 1, WINDOW, SERVERS)]),
-                  (args.reps, [("c20", 20, None, SERVERS),
-                               ("c100", 100, None,
-                                SERVERS if args.c100_all else ("plowshare",))])]
+        groups = [(args.stream_reps, [("single", 1, None, every),
+                                      ("window", 1, WINDOW, every)]),
+                  (args.reps, [("c20", 20, None, every),
+                               ("c100", 100, None, every if args.c100_all else plowshares)])]
         for reps, plan in groups:
             plan = [p for p in plan if p[0] in scen]
             for i in range(reps if plan else 0):
@@ -676,7 +714,7 @@ def inner(args) -> int:
                 for key, clients, window, who in plan:
                     for name in who:
                         mibs, cpu = measure(servers[name], "big.bin", size, digest, clients,
-                                            window, outdir)
+                                            window, outdir, args.timeline)
                         res["runs"].setdefault(f"{key}/{name}", []).append(mibs)
                         res["cpu"].setdefault(f"{key}/{name}", []).append(cpu)
 
@@ -731,6 +769,10 @@ def main() -> int:
                     help="run 100 clients on tftpd-hpa and dnsmasq too (context; +~8 min)")
     ap.add_argument("--scenarios", default="single,window,c20,c100,s1000",
                     help="comma list of single,window,c20,c100,s1000")
+    ap.add_argument("--timeline", action="store_true",
+                    help="log aggregate MiB/s, clients running and CPU idle every 0.5 s")
+    ap.add_argument("--with-pure-python", action="store_true",
+                    help="also run Plowshare without its C pump (server 'plowshare-py')")
     ap.add_argument("--json", help="also write the results as JSON to this path")
     ap.add_argument("--keep-logs", metavar="DIR",
                     help="copy the servers' stderr (and dnsmasq's log) to DIR at the end")

@@ -62,11 +62,20 @@ from .tftp_engine import (
     opcode_of,
     parse_request,
 )
-from .tftp_poll import SPIN_SECONDS, _Poller, ensure_nofile, transfer_sockets, udp_socket
-from .tftp_session import INF, Session
+from .tftp_poll import (
+    NAP_MAX,
+    SPIN_SECONDS,
+    _Poller,
+    ensure_nofile,
+    nap_for,
+    transfer_sockets,
+    udp_socket,
+)
+from .tftp_session import INF, Pump, PySession, Session
 
 log = logging.getLogger("plowshare.tftp")
 monotonic = time.monotonic
+PUMP_READY, PUMP_DATAGRAM, PUMP_REARM, PUMP_FAULT = 0, 1, 2, 3  # as in _tftp_pump.c
 
 EventFn = Callable[[str, tuple[str, int], str], None]
 RECV_SIZE = 65536  # bigger than any legal TFTP datagram
@@ -91,15 +100,25 @@ class TftpServer:
     Beyond ``max_sessions`` concurrent transfers, requests get ERROR 0 "busy".
     ``busy_poll``: seconds the loop busy-polls for the next ACK after
     transfer traffic before it sleeps (see ``_Poller``; 0 turns it off).
+    ``coalesce``: with the C pump, the longest nap in seconds before the
+    loop waits while more than a few transfers run (``tftp_poll.nap_for``;
+    0 never naps).
+    ``accelerate``: let the optional C pump (``_tftp_pump.c``) send the DATA
+    that in-window ACKs call for; where it is not built, or with False, the
+    same steps run in Python.
     """
 
     def __init__(self, root: str, bind: tuple[str, int] = ("0.0.0.0", 69), *,
                  interface: str | None = None, generate: GenerateFn | None = None,
                  on_event: EventFn | None = None, timeout: float = 1.0,
                  retries: int = 5, max_backoff: float = 8.0, max_sessions: int = 1000,
-                 busy_poll: float = SPIN_SECONDS):
+                 busy_poll: float = SPIN_SECONDS, coalesce: float = NAP_MAX,
+                 accelerate: bool = True):
         self.root, self.bind, self.interface = str(root), bind, interface
-        self.busy_poll = busy_poll
+        self.busy_poll, self.coalesce = busy_poll, coalesce
+        self.accelerated = accelerate and Pump is not None
+        self._session_cls = Session if self.accelerated else PySession
+        self._pump = None
         self.generate, self.on_event = generate, on_event
         self.timeout, self.retries, self.max_backoff = timeout, retries, max_backoff
         self.max_sessions = max_sessions
@@ -143,7 +162,10 @@ class TftpServer:
         self._wake_r.setblocking(False)
         self._poller.register(self._sock.fileno())
         self._poller.register(self._wake_r.fileno())
-        log.info("TFTP serving %s on %s:%d", self.root, *self.address)
+        if self.accelerated:
+            self._pump = Pump(self._poller.fileno())
+        log.info("TFTP serving %s on %s:%d (%s loop)", self.root, *self.address,
+                 "C-accelerated" if self.accelerated else "pure-Python")
 
     def start(self) -> None:
         """Bind and run the loop in a daemon thread."""
@@ -191,6 +213,8 @@ class TftpServer:
 
     def run_once(self, max_wait: float = 1.0) -> None:
         """Wait for traffic or the next timer (at most ``max_wait`` s), handle it."""
+        if self._pump is not None:
+            return self._run_pumped(max_wait)
         timers, wait = self._timers, max_wait
         if timers:
             wait = timers[0][0] - self.now  # self.now: taken after the last poll
@@ -198,10 +222,9 @@ class TftpServer:
                 wait = max_wait
             elif wait < 0.0:
                 wait = 0.0
-        poller = self._poller
+        poller, by_fd, buf = self._poller, self._by_fd, self.recv_buf
         ready = poller.wait(wait, MAX_EVENTS)
         self.now = now = monotonic()
-        by_fd, buf = self._by_fd, self.recv_buf
         # transfer traffic arms the busy poll -- only with few transfers: with
         # many, the next datagram is usually queued already, and spinning
         # would take CPU from whatever shares the machine
@@ -214,18 +237,56 @@ class TftpServer:
                     session.on_readable(buf)
                 except Exception:  # noqa: BLE001 - logged by _failed
                     self._failed(session)
-            elif (session := self._foreign_fd.get(fd)) is not None:
-                try:
-                    session.on_tid_readable(buf)
-                except Exception:  # noqa: BLE001 - logged by _failed
-                    self._failed(session)
-            elif self._sock is not None and fd == self._sock.fileno():
-                self._drain_listener()
-            elif self._wake_r is not None and fd == self._wake_r.fileno():
-                with contextlib.suppress(OSError):
-                    self._wake_r.recv(64)
+            else:
+                self._on_other_fd(fd)
         if timers and timers[0][0] <= now:
             self._fire_timers(now)
+
+    def _run_pumped(self, max_wait: float) -> None:
+        """``run_once`` with the C pump: it waits (GIL released) and serves
+        in-window ACKs of started transfers until the next timer or until
+        something needs Python, which it hands back (see ``_tftp_pump.c``)."""
+        timers, until = self._timers, monotonic() + max_wait
+        if timers and timers[0][0] < until:
+            until = timers[0][0]
+        outcomes = self._pump.run(until, MAX_EVENTS, self._poller.spin_seconds,
+                                  SPIN_MAX_SESSIONS, nap_for(len(self._by_fd), self.coalesce))
+        self.now = now = monotonic()
+        for fd, kind, data, session in outcomes:
+            if kind == PUMP_READY:
+                if (session := self._by_fd.get(fd)) is not None:
+                    try:
+                        session.on_readable(self.recv_buf)
+                    except Exception:  # noqa: BLE001 - logged by _failed
+                        self._failed(session)
+                else:
+                    self._on_other_fd(fd)
+            elif session.sock is not None:  # (it may have ended in this batch)
+                try:
+                    if kind == PUMP_DATAGRAM:
+                        session.on_datagram(data, len(data))
+                    elif kind == PUMP_REARM:
+                        if session.deadline < session.armed_at:
+                            self._arm(session)
+                    else:  # PUMP_FAULT
+                        session.on_fault()
+                except Exception:  # noqa: BLE001 - logged by _failed
+                    self._failed(session)
+        if timers and timers[0][0] <= now:
+            self._fire_timers(now)
+
+    def _on_other_fd(self, fd: int) -> None:
+        """A readable fd that is not a transfer's connected socket."""
+        if (session := self._foreign_fd.get(fd)) is not None:
+            try:
+                session.on_tid_readable(self.recv_buf)
+            except Exception:  # noqa: BLE001 - logged by _failed
+                self._failed(session)
+        elif self._sock is not None and fd == self._sock.fileno():
+            self._drain_listener()
+        elif self._wake_r is not None and fd == self._wake_r.fileno():
+            with contextlib.suppress(OSError):
+                self._wake_r.recv(64)
 
     def _failed(self, session: Session) -> None:
         log.exception("TFTP session for %s:%d failed", *session.client)
@@ -310,7 +371,9 @@ class TftpServer:
             return self._refuse(client, f"RRQ {req.filename!r}", Refuse(
                 te.ERR_UNDEFINED, f"cannot open socket: {exc.strerror}"), req.filename)
         self.now = time.monotonic()
-        session = Session(self, sock, conn, client, req, acc)
+        session = self._session_cls(self, sock, conn, client, req, acc)
+        if self._pump is not None:
+            self._pump.add(session.fd, session)
         self._by_client[client] = session
         self._by_fd[session.fd] = session
         self._foreign_fd[session.tid_fd] = session
@@ -345,9 +408,12 @@ class TftpServer:
         for fd in (session.fd, session.tid_fd):
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._poller.unregister(fd)
+        if self._pump is not None:
+            self._pump.discard(session.fd)
         session.sock.close()
         session.conn.close()
         session.sock = None
+        session.set_source(None)  # C's hold on the mapping, before it closes
         session.acc.close()
         secs = time.monotonic() - session.t0
         c, sent = session.client, session.sent_bytes()
@@ -380,6 +446,7 @@ class TftpServer:
         for session in list(self._by_fd.values()):
             self._end(session, None, "server stopping")
         self._timers.clear()
+        self._pump = None
         for closable in (self._sock, self._wake_r, self._wake_w, self._poller):
             if closable is not None:
                 closable.close()

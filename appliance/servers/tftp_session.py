@@ -50,45 +50,52 @@ unpack_from = ACK_DATA.unpack_from
 preadv = os.preadv
 
 
-class Session:
-    """One transfer on its own port (the server TID): ``conn`` connected to the
-    client carries the transfer, ``sock`` (unconnected) sees foreign TIDs."""
+class PyWindow:
+    """The hot state of one transfer, in pure Python: the same fields as the
+    C accelerator's ``_tftp_pump.Window`` (see that file's header), used where
+    it is not built or the server runs without it."""
 
-    __slots__ = (
-        "acc",
-        "armed_at",
-        "base",
-        "base_timeout",
-        "blksize",
-        "client",
-        "conn",
-        "deadline",
-        "fd",
-        "filename",
-        "full",
-        "hdr",
-        "iov",
-        "last",
-        "payload",
-        "pread",
-        "recv_into",
-        "retries",
-        "sbuf",
-        "send",
-        "sendmsg",
-        "sent",
-        "server",
-        "sock",
-        "src",
-        "src_fd",
-        "started",
-        "t0",
-        "tid_fd",
-        "timeout",
-        "timer_id",
-        "view",
-        "ws",
-    )
+    __slots__ = ("armed_at", "base", "base_timeout", "blksize", "deadline", "last",
+                 "retries", "sent", "started", "timeout", "ws")
+
+    def set_source(self, buffer) -> None:
+        """The C window keeps a buffer of the source to send from; nothing here."""
+
+
+SESSION_SLOTS = (
+    "acc",
+    "client",
+    "conn",
+    "fd",
+    "filename",
+    "full",
+    "hdr",
+    "iov",
+    "payload",
+    "pread",
+    "recv_into",
+    "sbuf",
+    "send",
+    "sendmsg",
+    "server",
+    "sock",
+    "src",
+    "src_fd",
+    "t0",
+    "tid_fd",
+    "timer_id",
+    "view",
+)
+
+
+class _SessionCore:
+    """One transfer on its own port (the server TID): ``conn`` connected to the
+    client carries the transfer, ``sock`` (unconnected) sees foreign TIDs.
+    The window fields (``base``, ``sent``, ``last``, ``deadline`` ...) come
+    from the window base class; with the accelerator, C advances them for
+    in-window ACKs of a started transfer and Python does everything else."""
+
+    __slots__ = ()
 
     def __init__(self, server, sock, conn, client, req, acc: Accept):
         self.server, self.sock, self.conn = server, sock, conn
@@ -114,6 +121,9 @@ class Session:
         self.iov = [self.payload]
         self.src_fd = self.src.fileno() if isinstance(self.src, FileSource) else -1
         self.view = self.src.view()  # None: netascii, or a file we could not map
+        if self.view is not None:  # the end is known: C needs it, Python agrees
+            self.last = len(self.view) // self.blksize + 1
+            self.set_source(self.view)
         self.hdr = server.data_header  # shared: sendmsg copies before returning
         self.send, self.sendmsg, self.recv_into = conn.send, conn.sendmsg, conn.recv_into
 
@@ -151,10 +161,7 @@ class Session:
             except OSError as exc:
                 if exc.errno == errno.EFAULT:  # truncated in place: see FileSource
                     chunk.release()  # the mapping cannot close while exported
-                    self._send_packet(encode_error(te.ERR_UNDEFINED, "file changed"))
-                    self.server._end(self, "tftp-error",
-                                     f"{self.acc.path!r} shrank while being sent")
-                    return
+                    return self.on_fault()
                 log.debug("send to %s failed: %s", self.client, exc)  # e.g. ENOBUFS:
             return  # lost like any datagram, the timer resends the window
         if self.src_fd >= 0:  # a file: straight into the send buffer, no method call
@@ -244,6 +251,13 @@ class Session:
             self.sent = acked
             self._fill()
 
+    def on_fault(self) -> None:
+        """Sending from the mapping failed with EFAULT: the file was truncated
+        in place (see ``FileSource``).  End with ERROR 0 rather than send a
+        silently short file."""
+        self._send_packet(encode_error(te.ERR_UNDEFINED, "file changed"))
+        self.server._end(self, "tftp-error", f"{self.acc.path!r} shrank while being sent")
+
     def _foreign(self, buf, n: int, addr) -> None:
         if n < 2 or buf[0] != 0 or buf[1] != OP_ERROR:
             self._send_to(encode_error(te.ERR_UNKNOWN_TID, "unknown transfer ID"), addr)
@@ -300,3 +314,26 @@ class Session:
         end = self.sent * self.blksize
         size = self.src.size
         return min(end, size) if size is not None else end
+
+
+try:  # the optional C accelerator (setup.py builds it; see _tftp_pump.c)
+    from ._tftp_pump import Pump, Window
+except ImportError:  # pragma: no cover - exercised where it is not built
+    Pump = Window = None
+
+
+class PySession(_SessionCore, PyWindow):
+    """A session whose window is pure Python (no accelerator)."""
+
+    __slots__ = SESSION_SLOTS
+
+
+if Window is not None:
+    class CSession(_SessionCore, Window):
+        """A session whose window the C pump can advance."""
+
+        __slots__ = SESSION_SLOTS
+else:  # pragma: no cover
+    CSession = None
+
+Session = CSession or PySession

@@ -65,7 +65,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_server(tree, events, **kw):
+def make_server(tree, events, loop, **kw):
     def gen(path, client):
         if path == "pxelinux.cfg/01-aa-bb-cc-dd-ee-ff":
             return f"# for {client[0]}\nDEFAULT install\n".encode()
@@ -80,7 +80,7 @@ def make_server(tree, events, **kw):
 
     kw.setdefault("timeout", 0.5)
     kw.setdefault("retries", 3)
-    srv = TftpServer(str(tree), (LO, 0), generate=gen, on_event=on_event, **kw)
+    srv = TftpServer(str(tree), (LO, 0), generate=gen, on_event=on_event, **loop, **kw)
     srv.start()
     return srv
 
@@ -91,8 +91,8 @@ def events():
 
 
 @pytest.fixture()
-def server(tree, events):
-    srv = make_server(tree, events)
+def server(tree, events, tftp_loop):
+    srv = make_server(tree, events, tftp_loop)
     yield srv
     srv.stop()
 
@@ -317,8 +317,8 @@ def test_foreign_tid_gets_error5_and_transfer_goes_on(server, tree):
     intruder.close()
 
 
-def test_duplicate_ack_sends_nothing_extra(tree, events):
-    srv = make_server(tree, events, timeout=2.0)
+def test_duplicate_ack_sends_nothing_extra(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, timeout=2.0)
     try:
         c = Raw(srv)
         c.send(rrq("big.bin"))
@@ -351,8 +351,8 @@ def test_client_error_after_oack_ends_quietly(server, events):
     c.close()
 
 
-def test_timeout_retransmit_backoff_and_reap(tree, events):
-    srv = make_server(tree, events, timeout=0.2, max_backoff=0.8, retries=3)
+def test_timeout_retransmit_backoff_and_reap(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, timeout=0.2, max_backoff=0.8, retries=3)
     try:
         c = Raw(srv)
         c.send(rrq("big.bin"))
@@ -374,8 +374,8 @@ def test_timeout_retransmit_backoff_and_reap(tree, events):
         srv.stop()
 
 
-def test_vanished_clients_reaped(tree, events):
-    srv = make_server(tree, events, timeout=0.1, max_backoff=0.1, retries=2)
+def test_vanished_clients_reaped(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, timeout=0.1, max_backoff=0.1, retries=2)
     try:
         clients = [Raw(srv) for _ in range(20)]
         for i, c in enumerate(clients):
@@ -388,8 +388,8 @@ def test_vanished_clients_reaped(tree, events):
         srv.stop()
 
 
-def test_max_sessions_busy(tree, events):
-    srv = make_server(tree, events, max_sessions=2, timeout=5)
+def test_max_sessions_busy(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, max_sessions=2, timeout=5)
     try:
         a, b, c = Raw(srv), Raw(srv), Raw(srv)
         for x in (a, b):
@@ -421,8 +421,8 @@ def test_generated_error_and_hook_errors(server, events, caplog):
     assert "generator bug" in caplog.text and "hook bug" in caplog.text
 
 
-def test_bind_to_device(tree, events):
-    srv = make_server(tree, events, interface="lo")
+def test_bind_to_device(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, interface="lo")
     try:
         data, _ = raw_get(srv, "small.txt")
         assert len(data) == 22
@@ -430,10 +430,10 @@ def test_bind_to_device(tree, events):
         srv.stop()
 
 
-def test_serve_forever_in_callers_thread(tree):
+def test_serve_forever_in_callers_thread(tftp_loop, tree):
     import threading
 
-    srv = TftpServer(str(tree), (LO, 0), timeout=0.5)
+    srv = TftpServer(str(tree), (LO, 0), timeout=0.5, **tftp_loop)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     assert wait_for(lambda: srv._sock is not None, 2)
@@ -443,15 +443,15 @@ def test_serve_forever_in_callers_thread(tree):
     assert not t.is_alive()
 
 
-def test_stop_releases_port(tree, events):
-    srv = make_server(tree, events, timeout=5)
+def test_stop_releases_port(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, timeout=5)
     port = srv.address[1]
     c = Raw(srv)
     c.send(rrq("big.bin"))
     assert c.recv()[0] == 3
     srv.stop()
     assert srv.sessions == 0 and not srv.is_alive()
-    again = TftpServer(str(tree), (LO, port))
+    again = TftpServer(str(tree), (LO, port), **tftp_loop)
     again.start()
     assert again.address == (LO, port)
     again.stop()
@@ -531,8 +531,8 @@ def mutations(rnd: random.Random):
             yield bytes(pkt)
 
 
-def test_fuzz_listener(tree, events, caplog):
-    srv = make_server(tree, events, timeout=0.2, max_backoff=0.2, retries=1)
+def test_fuzz_listener(tftp_loop, tree, events, caplog):
+    srv = make_server(tree, events, tftp_loop, timeout=0.2, max_backoff=0.2, retries=1)
     try:
         fuzz = Raw(srv)
         gen = mutations(random.Random(20240611))
@@ -596,8 +596,8 @@ def test_windowsize_not_echoed_unless_asked(server):
     c.close()
 
 
-def test_window_sent_before_any_ack_and_slides(tree, events):
-    srv = make_server(tree, events, timeout=5.0)
+def test_window_sent_before_any_ack_and_slides(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, timeout=5.0)
     try:
         c, tid = open_window(srv, blksize=512, windowsize=4)
         blob = (tree / "big.bin").read_bytes()
@@ -626,8 +626,8 @@ def test_window_sent_before_any_ack_and_slides(tree, events):
         srv.stop()
 
 
-def test_window_timeout_resends_from_last_ack(tree, events):
-    srv = make_server(tree, events, timeout=0.3, max_backoff=0.6, retries=3)
+def test_window_timeout_resends_from_last_ack(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, timeout=0.3, max_backoff=0.6, retries=3)
     try:
         c, tid = open_window(srv, blksize=512, windowsize=4)
         assert [b for b, _ in recv_data(c, 4)] == [1, 2, 3, 4]
@@ -697,8 +697,8 @@ def test_window_final_short_block_ends_transfer(server, tree, events):
     c.close()
 
 
-def test_window_netascii_resend(tree, events):
-    srv = make_server(tree, events, timeout=0.3, retries=2)
+def test_window_netascii_resend(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, timeout=0.3, retries=2)
     try:
         c, tid = open_window(srv, "small.txt", mode=b"netascii", blksize=8, windowsize=2)
         first = recv_data(c, 2)
@@ -732,8 +732,8 @@ def test_atftp_windowsize(server, tree, tmp_path, events, opts):
 # ----------------------------------------------------------------- scale
 
 
-def test_thousand_concurrent_sessions(tree, events):
-    srv = make_server(tree, events, timeout=10.0, max_sessions=1100)
+def test_thousand_concurrent_sessions(tftp_loop, tree, events):
+    srv = make_server(tree, events, tftp_loop, timeout=10.0, max_sessions=1100)
     clients = []
     try:
         for _ in range(1000):

@@ -113,8 +113,9 @@ def records():
 
 
 @pytest.fixture(scope="module")
-def server(tree, records):
-    srv = TftpServer(str(tree), (LO, 0), timeout=TIMEOUT, retries=4, max_backoff=2.0)
+def server(tree, records, tftp_loop):
+    srv = TftpServer(str(tree), (LO, 0), timeout=TIMEOUT, retries=4, max_backoff=2.0,
+                     **tftp_loop)
     srv.start()
     yield srv
     srv.stop()
@@ -829,7 +830,7 @@ def paced_send(sender: tc.Client, records: Records, packets, dest_for, budget: f
     return sent
 
 
-def test_fuzz_100k_mutated_packets(tree, records):
+def test_fuzz_100k_mutated_packets(tree, records, tftp_loop):
     """RFC 1350 sections 4/5/7, RFC 2347 (robustness; issue 4 acceptance):
     100,000 seeded mutations - bit flips, truncations, extensions, random
     opcodes, option garbage, huge option lists, non-UTF-8 bytes - sent to
@@ -837,7 +838,7 @@ def test_fuzz_100k_mutated_packets(tree, records):
     the transfer's own TID) raise nothing in the server: no ERROR record,
     the loop alive, every datagram processed, and the next valid request is
     served with the right sha256."""
-    srv = TftpServer(str(tree), (LO, 0), timeout=3.0, retries=6, max_backoff=8.0)
+    srv = TftpServer(str(tree), (LO, 0), timeout=3.0, retries=6, max_backoff=8.0, **tftp_loop)
     srv.start()
     rnd = random.Random(0x7F7)
     seeds = fuzz_seeds()

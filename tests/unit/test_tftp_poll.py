@@ -129,3 +129,11 @@ def test_transfer_traffic_arms_spinning_only_with_few_transfers(tmp_path, sessio
     server._poller = _ReadyPoller(100)
     server.run_once(0.0)
     assert server._poller.spin_armed is (sessions <= tftp.SPIN_MAX_SESSIONS)
+
+
+def test_nap_grows_with_transfers_up_to_the_limit():
+    assert tftp_poll.nap_for(0) == 0.0
+    assert tftp_poll.nap_for(20) == pytest.approx(20 * tftp_poll.NAP_PER_TRANSFER)
+    assert tftp_poll.nap_for(10_000) == tftp_poll.NAP_MAX
+    assert tftp_poll.nap_for(20, limit=10e-6) == 10e-6
+    assert tftp_poll.nap_for(20, limit=0) == 0.0
