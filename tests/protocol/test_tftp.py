@@ -789,7 +789,7 @@ def test_nofile_limit_raised_for_max_sessions():
         assert b"RLIMIT_NOFILE soft limit raised from 256" in r.stderr
 
 
-def test_file_truncated_in_place_ends_transfer(tmp_path, events):
+def test_file_truncated_in_place_ends_transfer(tftp_loop, tmp_path, events):
     """A file truncated while it is sent (the mapping then points past EOF):
     the client gets ERROR 0 instead of a silently short file, the session
     ends, and the server goes on serving."""
@@ -798,7 +798,7 @@ def test_file_truncated_in_place_ends_transfer(tmp_path, events):
     victim = root / "shrinks.bin"
     victim.write_bytes(random.Random(7).randbytes(BIG))
     (root / "small.txt").write_bytes(b"still here\n")
-    srv = make_server(root, events)
+    srv = make_server(root, events, tftp_loop)
     try:
         c = Raw(srv)
         c.send(rrq("shrinks.bin", blksize=1024))
