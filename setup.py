@@ -12,6 +12,7 @@ setup(
         Extension(
             "appliance.servers._tftp_pump",
             ["appliance/servers/_tftp_pump.c"],
+            depends=["appliance/servers/_tftp_pump_window.h"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
                                 "-Wno-unused-parameter"],
             optional=True,

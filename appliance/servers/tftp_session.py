@@ -18,7 +18,12 @@ RFC 1350 lock-step).
   (or the OACK), with the timeout doubled each retry up to ``max_backoff``.
 - The transfer ends when the short (final) block is ACKed.
 
-Hot path (ACK in -> DATA out): one ``recv_into`` on the socket connected to
+Window state lives in a window base class: ``_tftp_pump.Window`` (C) where
+the accelerator is built, so the C pump can advance a transfer without
+Python, else :class:`PyWindow` with the same fields.  :class:`CSession` and
+:class:`PySession` are the two concrete sessions; the server picks one.
+
+Hot path in Python (ACK in -> DATA out): one ``recv_into`` on the socket connected to
 the client (no source address to build, no route lookup on send) into the
 server's receive buffer, ``struct.unpack_from``, ``os.preadv`` (or a memory
 copy) into the server's shared send buffer behind a header packed in place,
