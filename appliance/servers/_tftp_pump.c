@@ -80,11 +80,20 @@ static double now_mono(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static int not_running(Pump *p) {
+    if (p->running) {
+        PyErr_SetString(PyExc_RuntimeError, "Pump is running");
+        return 0;
+    }
+    return 1;
+}
+
 static int pump_init(Pump *p, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"epoll_fd", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "i", kwlist, &p->epfd))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i", kwlist, &p->epfd) || !not_running(p))
         return -1;
-    p->rbuf = PyMem_Malloc(RECV_MAX);
+    if (p->rbuf == NULL)  /* (__init__ may be called again) */
+        p->rbuf = PyMem_Malloc(RECV_MAX);
     if (p->rbuf == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -92,22 +101,28 @@ static int pump_init(Pump *p, PyObject *args, PyObject *kw) {
     return 0;
 }
 
-static void pump_dealloc(Pump *p) {
+/* GC: the table holds sessions, which hold the server, which holds the pump. */
+static int pump_traverse(Pump *p, visitproc visit, void *arg) {
     for (Py_ssize_t i = 0; i < p->cap; i++)
-        Py_XDECREF(p->table[i]);
+        Py_VISIT(p->table[i]);
+    return 0;
+}
+
+static int pump_clear(Pump *p) {
+    for (Py_ssize_t i = 0; i < p->cap; i++)
+        Py_CLEAR(p->table[i]);
+    p->count = 0;
+    return 0;
+}
+
+static void pump_dealloc(Pump *p) {
+    PyObject_GC_UnTrack(p);
+    pump_clear(p);
     PyMem_Free(p->table);
     PyMem_Free(p->rbuf);
     PyMem_Free(p->evs);
     PyMem_Free(p->out);
     Py_TYPE(p)->tp_free((PyObject *)p);
-}
-
-static int not_running(Pump *p) {
-    if (p->running) {
-        PyErr_SetString(PyExc_RuntimeError, "Pump is running");
-        return 0;
-    }
-    return 1;
 }
 
 static PyObject *pump_add(Pump *p, PyObject *args) {
@@ -316,6 +331,10 @@ static PyObject *pump_run(Pump *p, PyObject *args) {
     if (!PyArg_ParseTuple(args, "didi|d", &until, &maxevents, &spin, &spin_max, &nap)
         || !not_running(p))
         return NULL;
+    if (p->rbuf == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Pump.__init__ was not called");
+        return NULL;
+    }
     if (nap > 0 && !p->slack_set) {  /* the thread that runs the pump */
         prctl(PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0);
         p->slack_set = 1;
@@ -375,8 +394,10 @@ static PyTypeObject PumpType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "appliance.servers._tftp_pump.Pump",
     .tp_basicsize = sizeof(Pump),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Pump(epoll_fd): serves ACK -> DATA for registered windows.",
+    .tp_traverse = (traverseproc)pump_traverse,
+    .tp_clear = (inquiry)pump_clear,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)pump_init,
     .tp_dealloc = (destructor)pump_dealloc,

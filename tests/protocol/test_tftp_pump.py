@@ -236,3 +236,33 @@ def test_run_releases_the_gil(rig_factory):
         stop.set()
         t.join()
     assert len(ticks) > 50  # ~450 if the thread ran the whole time; 1-2 if not
+
+
+def test_a_cycle_through_the_pump_is_collected():
+    """Sessions hold the server, which holds the pump, which holds the
+    sessions: the garbage collector must see through the pump's table."""
+    import gc
+    import weakref
+
+    class Held(Window):
+        __slots__ = ("__weakref__", "pump")
+
+    ep = select.epoll()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        pump = Pump(ep.fileno())
+        w = Held()
+        w.pump = pump
+        pump.add(sock.fileno(), w)
+        alive = weakref.ref(w)
+        del pump, w
+        gc.collect()
+        assert alive() is None
+    finally:
+        sock.close()
+        ep.close()
+
+
+def test_run_needs_init():
+    with pytest.raises(RuntimeError):
+        Pump.__new__(Pump).run(time.monotonic(), 4, 0.0, 4)
