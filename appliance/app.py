@@ -88,7 +88,8 @@ class Appliance:
         if cfg.dhcp.enabled and cfg.dhcp.mode == "proxy":
             from .servers.proxydhcp import ProxyContext, ProxyDhcpServer
             servers["dhcp"] = ProxyDhcpServer(
-                ProxyContext(cfg, self.policy, self.events, cfg.interface))
+                ProxyContext(cfg, self.policy, self.events, cfg.interface,
+                             observe=self.store.observe_address))
         elif cfg.dhcp.enabled:
             ctx = DhcpContext(cfg, self.policy, self.allocator, self.events, cfg.interface)
             servers["dhcp"] = DhcpServer(ctx, guard=self._conflict_guard())

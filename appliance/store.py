@@ -36,6 +36,7 @@ from .store_catalog import CatalogRows
 from .store_changes import BUMP_LEASES, CHANGES_SCHEMA, ChangeRows
 from .store_errors import StoreError
 from .store_import import ImportRows
+from .store_observed import OBSERVED_SCHEMA, ObservedRows
 from .store_subnets import SUBNETS_SCHEMA, SubnetRows
 from .store_tenants import TENANTS_SCHEMA, TenantRows
 
@@ -68,12 +69,12 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
 CREATE INDEX IF NOT EXISTS events_mac_ts ON events(mac, ts);
-""" + SUBNETS_SCHEMA + TENANTS_SCHEMA + CHANGES_SCHEMA
+""" + SUBNETS_SCHEMA + TENANTS_SCHEMA + CHANGES_SCHEMA + OBSERVED_SCHEMA
 HOST_COLS = ("mac, name, ip, profile, netboot, token, token_expires, variables, options, "
              "boot_rules, tenant, source")
 
 
-class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows):
+class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, ObservedRows):
     """Typed access to the state database.  ``open()`` does the I/O."""
 
     HOST_COLS = HOST_COLS  # for the mixins: every host read names its columns
@@ -256,7 +257,8 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows):
             f"({marks}) ORDER BY expires", (now, *states))]
 
     def mac_for_ip(self, ip: str | None, now: float | None = None) -> str | None:
-        """The MAC behind a client address: a host reservation, else a bound lease.
+        """The MAC behind a client address: a host reservation, else a bound
+        lease, else a fresh observation (proxyDHCP mode: see store_observed).
 
         This is how TFTP and HTTP attribute a request to a machine; an offered,
         expired or released lease does not count.
@@ -270,7 +272,7 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows):
         now = time.time() if now is None else now
         if lease is not None and lease.state == "bound" and lease.expires > now:
             return lease.mac
-        return None
+        return self.observed_mac(ip, now)
 
     def busy_ips(self, now: float) -> dict[str, str]:
         """ip -> mac for every address that is taken now (by lease or reservation)."""

@@ -43,6 +43,8 @@ import logging
 import selectors
 import socket
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -51,7 +53,7 @@ from ..config import Config
 from ..events import EventLog
 from ..policy import BootPolicy
 from . import dhcp_codec as c
-from .dhcp_boot import boot_answer
+from .dhcp_boot import boot_answer, is_boot_client
 
 log = logging.getLogger("plowshare.dhcp")
 
@@ -71,6 +73,10 @@ class ProxyContext:
     policy: BootPolicy
     events: EventLog
     interface: str | None = None
+    # observe(mac, ip, ts) -> changed: remember which machine uses an address
+    # the other DHCP server leased (Store.observe_address), so TFTP and HTTP
+    # requests from it are attributed to the machine's timeline
+    observe: Callable[[str, str, float], bool] | None = None
 
 
 def _vendor_specific(boot_item: bytes | None) -> bytes:
@@ -114,6 +120,24 @@ def _wanted(req: c.DhcpRequest, ctx: ProxyContext, pxe_port: bool) -> int | None
     if req.server_id is not None and req.server_id != ctx.config.address:
         return None
     return c.ACK
+
+
+def observed_address(req: c.DhcpRequest, ctx: ProxyContext, pxe_port: bool) -> str | None:
+    """The address a boot client's message says it uses, if it is in our
+    subnet: ``ciaddr`` when set (a port 4011 REQUEST, a renewal), else the
+    address a REQUEST asks the other server for (option 50, RFC 2132 9.1 --
+    not yet ACKed, but what the client will use if it boots on)."""
+    if not is_boot_client(req):
+        return None
+    addr = req.ciaddr if req.ciaddr != "0.0.0.0" else None
+    if addr is None and req.msg_type == c.REQUEST and not pxe_port:
+        addr = req.requested_ip
+    if addr is None:
+        return None
+    try:
+        return addr if _in_our_subnet(addr, ctx) else None
+    except ValueError:
+        return None
 
 
 def make_proxy_reply(req: c.DhcpRequest, ctx: ProxyContext, *, pxe_port: bool = False,
@@ -240,6 +264,7 @@ class ProxyDhcpServer:
         req = c.decode(payload)
         if req is None:
             return
+        self._observe(req, pxe_port)
         item = pxe_boot_item(payload) if pxe_port else None
         reply = make_proxy_reply(req, self.ctx, pxe_port=pxe_port, boot_item=item)
         if reply is None:
@@ -251,6 +276,13 @@ class ProxyDhcpServer:
         self.ctx.events.record(req.mac, kind, reply.note, log)
         data = c.encode(reply, self.ctx.config.address)
         self._sendto(data, self.destination(reply, src, pxe_port), pxe_port)
+
+    def _observe(self, req: c.DhcpRequest, pxe_port: bool) -> None:
+        addr = observed_address(req, self.ctx, pxe_port)
+        if (addr is not None and self.ctx.observe is not None
+                and self.ctx.observe(req.mac, addr, time.time())):
+            log.info("%s uses %s (seen by proxyDHCP): its TFTP and HTTP requests are "
+                     "attributed to it", req.mac, addr)
 
     def destination(self, reply: c.DhcpReply, src: tuple[str, int],
                     pxe_port: bool) -> tuple[str, int]:

@@ -137,11 +137,13 @@ def test_proxy_boot(site, firmware):
     events = server.events(mac)
     kinds = [e["kind"] for e in events]
     assert "dhcp-proxy-offer" in kinds, kinds
-    # Kernel, initrd and TFTP downloads are attributed by client address
-    # (Store.mac_for_ip: reservation or bound lease); in proxy mode the store
-    # holds neither, so only the MAC- and token-addressed steps show up here.
-    for kind in ("http-script", "kickstart", "install-done"):
+    # Kernel, initrd and TFTP downloads are attributed by client address: in
+    # proxy mode through the address the firmware's own REQUEST to the site
+    # server named (Store.observe_address), since the store holds no lease
+    for kind in ("http-script", "http-kernel", "http-initrd", "kickstart", "install-done"):
         assert kind in kinds, f"{kind} missing from timeline {kinds}"
+    if firmware == "uefi":
+        assert "tftp-done" in kinds, kinds  # OVMF fetched iPXE over TFTP
     assert not {"dhcp-offer", "dhcp-ack"} & set(kinds)
     assert server.host(mac)["lease"] is None
     offers = [e["detail"] for e in events if e["kind"].startswith("dhcp-proxy")]

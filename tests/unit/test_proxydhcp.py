@@ -242,3 +242,43 @@ def test_appliance_builds_the_proxy_server_in_proxy_mode(tmp_path):
     assert isinstance(proxy["dhcp"], ProxyDhcpServer)
     server = Appliance(load_config(None, state_dir=str(tmp_path)))._build_servers()
     assert isinstance(server["dhcp"], DhcpServer)
+
+
+# ------------------------------------------------------- observed addresses
+
+
+@pytest.mark.parametrize("name", ["seabios-ipxe-rom", "ovmf-pxe", "snponly-efi"])
+def test_boot_client_request_to_the_site_server_is_observed(ctx, name):
+    """The REQUEST a PXE client broadcasts to the other server names the address
+    it will use (option 50): that is what attributes its TFTP/HTTP requests."""
+    from appliance.servers.proxydhcp import observed_address
+
+    req = c.decode(golden(f"{name}-request"))
+    assert req.requested_ip is not None
+    assert observed_address(req, ctx, pxe_port=False) == req.requested_ip
+
+
+def test_observed_address_rules(ctx):
+    from appliance.servers.proxydhcp import observed_address
+
+    assert observed_address(c.decode(golden("udhcpc-request")), ctx, False) is None  # not PXE
+    assert observed_address(c.decode(golden("ovmf-pxe-discover")), ctx, False) is None
+    on_4011 = c.decode(pxe_request("ovmf-pxe", ciaddr="10.99.88.170"))
+    assert observed_address(on_4011, ctx, pxe_port=True) == "10.99.88.170"
+    outside = c.decode(pxe_request("ovmf-pxe", ciaddr="192.0.2.7"))
+    assert observed_address(outside, ctx, pxe_port=True) is None  # not our subnet
+
+
+def test_proxy_records_observation_and_store_attributes_it(ctx):
+    store = ctx.policy.store
+    ctx = dataclasses.replace(ctx, observe=store.observe_address)
+    server = ProxyDhcpServer(ctx)  # not started: handle() needs no socket
+    req = c.decode(golden("ovmf-pxe-request"))
+    assert store.mac_for_ip(req.requested_ip) is None
+    server.handle(golden("ovmf-pxe-request"), ("0.0.0.0", 68))
+    assert store.mac_for_ip(req.requested_ip) == req.mac
+    # a later user of the address takes it over; a stale observation does not count
+    assert store.observe_address("52:54:00:aa:bb:cc", req.requested_ip, 1000.0)
+    assert not store.observe_address("52:54:00:aa:bb:cc", req.requested_ip, 1000.0)
+    assert store.observed_mac(req.requested_ip, now=1000.0 + 60) == "52:54:00:aa:bb:cc"
+    assert store.mac_for_ip(req.requested_ip) is None  # 1970: long expired
