@@ -16,7 +16,10 @@ around it.  Contract of the loop:
   on the reply (``reply.durable``) and the loop sends such a reply only from
   ``ticket.then`` -- never directly;
 * packets are handled in batches (whatever is queued on the socket, up to
-  :data:`BATCH`); lease writes and events are queued on one :class:`~appliance.groupcommit.GroupCommitter` whose writer
+  :data:`DRAIN`); a batch of more than :data:`BATCH` means the loop is
+  behind: :mod:`~appliance.servers.dhcp_triage` answers the requests that
+  finish exchanges first and sheds the oldest DISCOVERs (``shed`` counts
+  them); lease writes and events are queued on one :class:`~appliance.groupcommit.GroupCommitter` whose writer
   thread commits them with one fsync per batch while the loop goes on;
 * no packet, however malformed, stops the loop;
 * the store is not read per packet: once per batch its change token (a
@@ -55,6 +58,7 @@ from ..store_changes import HOSTS_GENERATION, LEASES_GENERATION
 from ..subnets import SubnetTable
 from . import dhcp_codec as c
 from .dhcp_boot import boot_answer
+from .dhcp_triage import triage
 from .l2 import L2Sender
 from .relay import note_untrusted, relay_note, trusted_relay_info
 
@@ -62,7 +66,10 @@ log = logging.getLogger("plowshare.dhcp")
 
 RECV_BUFFER = 4096
 POLL_SECONDS = 0.5
-BATCH = 64  # packets taken off the socket per allocation batch
+BATCH = 64  # requests a batch answers when the loop keeps up
+DRAIN = 4 * BATCH  # packets taken off the socket at most per batch
+SHED_FLOOR = BATCH // 4  # DISCOVERs a batch answers however far behind
+RCVBUF = 1 << 20  # socket receive buffer: holds more than one DRAIN of requests
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
@@ -191,6 +198,14 @@ def _answer(req: c.DhcpRequest, ctx: DhcpContext, subnet: Subnet) -> c.DhcpReply
     return None
 
 
+def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+    """Past ``net.core.rmem_max`` when allowed (root), else as far as it goes."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, size)
+    except (OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class DhcpServer:
     """Socket loop around :func:`make_reply` on one interface.
 
@@ -216,6 +231,7 @@ class DhcpServer:
         self._thread: threading.Thread | None = None
         self.hosts: HostIndex | None = None
         self._store_token = None  # Store.change_token() when last synced
+        self.shed = 0  # DISCOVERs shed because the loop was behind (dhcp_triage)
 
     def attach_writer(self) -> None:
         """Start the group committer (unless given) and the host index; attach both."""
@@ -232,6 +248,7 @@ class DhcpServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        _set_rcvbuf(sock, RCVBUF)
         if self.ctx.interface:
             sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.ctx.interface.encode())
             self._l2 = L2Sender(self.ctx.interface)
@@ -270,16 +287,17 @@ class DhcpServer:
         return self._thread is not None and self._thread.is_alive()
 
     def _receive(self) -> list[bytes]:
-        """Wait (up to POLL_SECONDS) for packets, then take what is queued (<= BATCH)."""
+        """Wait (up to POLL_SECONDS) for packets, then take what is queued (<= DRAIN)."""
         payloads: list[bytes] = []
         guard = self.guard
         waits = [self._sock, *guard.fds()] if guard else [self._sock]
         timeout = guard.timeout(POLL_SECONDS) if guard else POLL_SECONDS
         if self._sock not in select.select(waits, [], [], timeout)[0]:
             return payloads
-        while len(payloads) < BATCH:
+        recv = self._sock.recv
+        while len(payloads) < DRAIN:
             try:
-                payloads.append(self._sock.recvfrom(RECV_BUFFER)[0])
+                payloads.append(recv(RECV_BUFFER))
             except (BlockingIOError, InterruptedError):
                 break
         return payloads
@@ -293,7 +311,7 @@ class DhcpServer:
                     return
                 raise
             if payloads:
-                self.handle_batch(payloads)
+                self.handle_batch(payloads, behind=len(payloads) > BATCH)
             if self.guard is not None:
                 try:
                     self.guard.tick()
@@ -314,22 +332,39 @@ class DhcpServer:
         self.ctx.table().refresh()
         self._store_token = token
 
-    def handle_batch(self, payloads: list[bytes]) -> None:
+    def handle_batch(self, payloads: list[bytes], behind: bool = False) -> None:
+        """Answer one batch; ``behind``: more was queued than a batch handles, so
+        :func:`~appliance.servers.dhcp_triage.triage` orders it and sheds DISCOVERs."""
         try:
             self.sync_store()
         except Exception:
             log.exception("store not re-read; answering from the previous hosts, leases "
                           "and subnets")
+        requests = []
         for payload in payloads:
+            req = c.decode(payload)  # never raises
+            if req is not None:
+                requests.append(req)
+        plan = triage(requests, behind, BATCH, SHED_FLOOR)
+        if plan.shed:
+            self.shed += len(plan.shed)
+            log.info("behind: %d packets queued, %d answered first, %d DISCOVERs answered, "
+                     "%d oldest DISCOVERs shed (%d so far)", len(payloads), plan.first,
+                     len(plan.handle) - plan.first, len(plan.shed), self.shed)
+        for req in plan.handle:
             try:
-                self.handle(payload)
+                self.answer(req)
             except Exception:
-                log.exception("error handling a %d-byte DHCP packet", len(payload))
+                log.exception("%s error handling a DHCP %s", req.mac,
+                              c.MSG_NAMES.get(req.msg_type, req.msg_type))
 
     def handle(self, payload: bytes) -> None:
         req = c.decode(payload)
-        if req is None:
-            return
+        if req is not None:
+            self.answer(req)
+
+    def answer(self, req: c.DhcpRequest) -> None:
+        """Record ``req``, decide, and send (or hand to the guard) the reply."""
         ev = self.events
         ev.record(req.mac, f"dhcp-{c.MSG_NAMES[req.msg_type]}",
                   f"arch {describe(req.arch)} vendor {req.vendor_class!r} "
