@@ -69,6 +69,7 @@ POLL_SECONDS = 0.5
 BATCH = 64  # requests a batch answers when the loop keeps up
 DRAIN = 4 * BATCH  # packets taken off the socket at most per batch
 SHED_FLOOR = BATCH // 4  # DISCOVERs a batch answers however far behind
+BACKLOG = 4 * BATCH  # lease writes queued for commit past which the loop waits
 RCVBUF = 1 << 20  # socket receive buffer: holds more than one DRAIN of requests
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
@@ -312,6 +313,9 @@ class DhcpServer:
                 raise
             if payloads:
                 self.handle_batch(payloads, behind=len(payloads) > BATCH)
+            writer = self.writer
+            if writer is not None and writer.backlog() > BACKLOG:
+                writer.wait_for_room(BACKLOG // 2, POLL_SECONDS)  # let the ACKs out first
             if self.guard is not None:
                 try:
                     self.guard.tick()
