@@ -244,7 +244,13 @@ class DhcpServer:
         alloc.writer, alloc.hosts, self.writer.hosts = self.writer, self.hosts, self.hosts
         self.events = self.ctx.events.via(self.writer)
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Bind the socket and start the writer (and guard) without reading yet.
+
+        Requests sent meanwhile wait in the socket; :meth:`start` reads them.
+        """
+        if self._sock is not None:
+            return
         d = self.ctx.config.dhcp
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -261,10 +267,14 @@ class DhcpServer:
         if self.guard is not None:
             self.guard.subnets = lambda: self.ctx.table().subnets()
             self.guard.start(self.emit, lambda req: make_reply(req, self.ctx), self.events)
+
+    def start(self) -> None:
+        """:meth:`open` (unless done), then answer requests in the loop thread."""
+        self.open()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="dhcp", daemon=True)
         self._thread.start()
-        log.info("listening on %s:%d (interface %s)", self.bind, d.server_port,
+        log.info("listening on %s:%d (interface %s)", self.bind, self.ctx.config.dhcp.server_port,
                  self.ctx.interface or "any")
 
     def stop(self) -> None:
