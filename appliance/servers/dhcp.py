@@ -16,10 +16,12 @@ around it.  Contract of the loop:
   on the reply (``reply.durable``) and the loop sends such a reply only from
   ``ticket.then`` -- never directly;
 * packets are handled in batches (whatever is queued on the socket, up to
-  :data:`DRAIN`); a batch of more than :data:`BATCH` means the loop is
+  :data:`DRAIN`); a batch of more than :data:`BEHIND` means the loop is
   behind: :mod:`~appliance.servers.dhcp_triage` answers the requests that
   finish exchanges first and sheds the oldest DISCOVERs (``shed`` counts
-  them); lease writes and events are queued on one :class:`~appliance.groupcommit.GroupCommitter` whose writer
+  them); and while more than :data:`BACKLOG` lease writes wait for their
+  commit, the loop waits too (holding no lock and no GIL), so the writer
+  commits and sends ACKs instead of competing with new work; lease writes and events are queued on one :class:`~appliance.groupcommit.GroupCommitter` whose writer
   thread commits them with one fsync per batch while the loop goes on;
 * no packet, however malformed, stops the loop;
 * the store is not read per packet: once per batch its change token (a
@@ -67,6 +69,7 @@ log = logging.getLogger("plowshare.dhcp")
 RECV_BUFFER = 4096
 POLL_SECONDS = 0.5
 BATCH = 64  # requests a batch answers when the loop keeps up
+BEHIND = 2 * BATCH  # a drain of more packets than this: the loop is behind
 DRAIN = 4 * BATCH  # packets taken off the socket at most per batch
 SHED_FLOOR = BATCH // 4  # DISCOVERs a batch answers however far behind
 BACKLOG = 4 * BATCH  # lease writes queued for commit past which the loop waits
@@ -322,7 +325,7 @@ class DhcpServer:
                     return
                 raise
             if payloads:
-                self.handle_batch(payloads, behind=len(payloads) > BATCH)
+                self.handle_batch(payloads, behind=len(payloads) > BEHIND)
             writer = self.writer
             if writer is not None and writer.backlog() > BACKLOG:
                 writer.wait_for_room(BACKLOG // 2, POLL_SECONDS)  # let the ACKs out first
