@@ -16,8 +16,7 @@ around it.  Contract of the loop:
   on the reply (``reply.durable``) and the loop sends such a reply only from
   ``ticket.then`` -- never directly;
 * packets are handled in batches (whatever is queued on the socket, up to
-  :data:`DRAIN`); a batch of more than :data:`BEHIND` means the loop is
-  behind: :mod:`~appliance.servers.dhcp_triage` answers the requests that
+  :data:`DRAIN`); a full drain means the loop is behind: :mod:`~appliance.servers.dhcp_triage` answers the requests that
   finish exchanges first and sheds the oldest DISCOVERs (``shed`` counts
   them); and while more than :data:`BACKLOG` lease writes wait for their
   commit, the loop waits too (holding no lock and no GIL), so the writer
@@ -69,9 +68,10 @@ log = logging.getLogger("plowshare.dhcp")
 RECV_BUFFER = 4096
 POLL_SECONDS = 0.5
 BATCH = 64  # requests a batch answers when the loop keeps up
-BEHIND = 2 * BATCH  # a drain of more packets than this: the loop is behind
 DRAIN = 4 * BATCH  # packets taken off the socket at most per batch
-SHED_FLOOR = BATCH // 4  # DISCOVERs a batch answers however far behind
+BEHIND = DRAIN - 1  # a drain of more packets than this: the loop is behind
+BUDGET = 2 * BATCH  # requests a batch answers when behind (REQUESTs first)
+SHED_FLOOR = BATCH // 2  # DISCOVERs a batch answers however far behind
 BACKLOG = 4 * BATCH  # lease writes queued for commit past which the loop waits
 RCVBUF = 1 << 20  # socket receive buffer: holds more than one DRAIN of requests
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
@@ -362,7 +362,7 @@ class DhcpServer:
             req = c.decode(payload)  # never raises
             if req is not None:
                 requests.append(req)
-        plan = triage(requests, behind, BATCH, SHED_FLOOR)
+        plan = triage(requests, behind, BUDGET, SHED_FLOOR)
         if plan.shed:
             self.shed += len(plan.shed)
             log.info("behind: %d packets queued, %d answered first, %d DISCOVERs answered, "

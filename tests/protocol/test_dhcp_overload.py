@@ -3,7 +3,7 @@
 The server's socket is bound (:meth:`DhcpServer.open`) before its loop
 starts, so a whole burst -- DISCOVERs of new clients first, then REQUESTs
 of clients that were offered addresses earlier -- waits in the socket when
-the loop reads it: more than a batch, so the loop is behind.  Every REQUEST
+the loop reads it: a full drain, so the loop is behind.  Every REQUEST
 must be ACKed (to the relay that sent it, after its lease is committed),
 only the newest DISCOVERs answered, the oldest shed and counted.  Traffic
 stays on loopback: the "relay" is a UDP socket on 127.0.0.2, which is also
@@ -24,12 +24,13 @@ from appliance.leases import Allocator
 from appliance.policy import BootPolicy
 from appliance.sandbox_inline import InlineSandbox
 from appliance.servers import dhcp_codec as c
-from appliance.servers.dhcp import BATCH, DRAIN, SHED_FLOOR, DhcpContext, DhcpServer
+from appliance.servers.dhcp import BUDGET, DRAIN, SHED_FLOOR, DhcpContext, DhcpServer
 from appliance.store import Store
 from appliance.templates import TemplateLibrary
 
 SERVER, RELAY = "127.0.0.1", "127.0.0.2"
-N = 100  # DISCOVERs and REQUESTs each: together more than BATCH, at most DRAIN
+N = 100  # REQUESTs; with DRAIN - N DISCOVERs before them: one full drain
+D = DRAIN - N
 REPLY_TIMEOUT = 30
 
 
@@ -63,7 +64,7 @@ def relay():
 
 
 def test_requests_queued_behind_a_discover_storm_are_acked(tmp_path, relay):
-    assert BATCH < 2 * N <= DRAIN
+    assert D > N
     port = relay.getsockname()[1]  # the server answers relays on its own port
     cfg = load_config(None, address=SERVER, pool="127.0.0.10-127.0.0.250",
                       state_dir=str(tmp_path), kickstarts_dir=str(tmp_path),
@@ -78,15 +79,15 @@ def test_requests_queued_behind_a_discover_storm_are_acked(tmp_path, relay):
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     listener.bind((RELAY, port))
     old = [f"52:54:00:0a:00:{i:02x}" for i in range(N)]
-    new = [f"52:54:00:0b:00:{i:02x}" for i in range(N)]
+    new = [f"52:54:00:0b:00:{i:02x}" for i in range(D)]
     try:
         server.open()
         for mac in new:  # the storm first: the oldest packets in the queue
             listener.sendto(request(c.DISCOVER, mac), (SERVER, port))
         for i, mac in enumerate(old):
             listener.sendto(request(c.REQUEST, mac, f"127.0.0.{100 + i}"), (SERVER, port))
-        server.start()  # the loop finds all 2N packets queued
-        keep = max(BATCH - N, SHED_FLOOR)
+        server.start()  # the loop finds all DRAIN packets queued
+        keep = max(BUDGET - N, SHED_FLOOR)
         got = replies(listener, N + keep)
         server.writer.flush()
     finally:
@@ -97,7 +98,7 @@ def test_requests_queued_behind_a_discover_storm_are_acked(tmp_path, relay):
     offered = [mac for kind, mac, _ip in got if kind == c.OFFER]
     assert acks == {mac: f"127.0.0.{100 + i}" for i, mac in enumerate(old)}
     assert offered == new[-keep:]  # the newest DISCOVERs, in arrival order
-    assert server.shed == N - keep
+    assert server.shed == D - keep
     bound = Store(cfg.db_path).open()
     try:  # every ACKed lease is in the store
         assert {lease.mac: lease.ip for lease in bound.leases() if lease.state == "bound"} \

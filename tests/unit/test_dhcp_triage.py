@@ -65,7 +65,7 @@ def test_server_batch_behind_acks_requests_and_sheds_oldest_discovers(tmp_path, 
     from appliance.leases import Allocator
     from appliance.policy import BootPolicy
     from appliance.sandbox_inline import InlineSandbox
-    from appliance.servers.dhcp import BATCH, SHED_FLOOR, DhcpContext, DhcpServer
+    from appliance.servers.dhcp import BUDGET, SHED_FLOOR, DhcpContext, DhcpServer
     from appliance.store import Store
     from appliance.templates import TemplateLibrary
 
@@ -104,7 +104,7 @@ def test_server_batch_behind_acks_requests_and_sheds_oldest_discovers(tmp_path, 
     acks = [r for r in sent if r.msg_type == c.ACK]
     assert {r.request.mac: r.yiaddr for r in acks} == offers  # every REQUEST ACKed
     answered = [r.request.mac for r in sent if r.msg_type == c.OFFER]
-    keep = max(BATCH - 40, SHED_FLOOR)
+    keep = max(BUDGET - 40, SHED_FLOOR)
     assert answered == fresh[-keep:] and server.shed == 100 - keep
     lines = [r for r in caplog.records if "shed" in r.getMessage()]
     assert len(lines) == 1 and f"{100 - keep} oldest DISCOVERs shed" in lines[0].getMessage()
