@@ -191,6 +191,20 @@ class GroupCommitter:
                 self._reload = True
                 self._cond.notify_all()
 
+    def backlog(self) -> int:
+        """Lease writes queued and not yet taken by a commit (read without the lock)."""
+        return len(self._writes)
+
+    def wait_for_room(self, limit: int, timeout: float) -> bool:
+        """Block until at most ``limit`` writes are queued, or ``timeout``; True: room.
+
+        The producer's backpressure: while it waits it holds neither the lock nor
+        the GIL, so the writer thread commits (and sends ACKs) at full speed.
+        """
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self._writes) <= limit or self._stopping,
+                                       timeout)
+
     # -- producers -------------------------------------------------------------
     def put_lease(self, lease: Lease, check_free_at: float | None = None,
                   wake: bool = True) -> Ticket | None:

@@ -48,6 +48,7 @@ import time
 
 from .config import DhcpConfig
 from .groupcommit import BUSY_STATES, GroupCommitter, Ticket
+from .log_edges import Edges
 from .model import Lease, Subnet
 from .store import Store
 
@@ -112,6 +113,7 @@ class Allocator:
         self._next: dict[str, int] = {}  # next-fit position per subnet (a hint)
         self._pools: dict[Subnet, Pools] = {}
         self._default: tuple[DhcpConfig, Subnet] | None = None
+        self._exhausted = Edges()  # subnets whose pools refused a DISCOVER (log_edges)
 
     @property
     def view(self):
@@ -169,15 +171,23 @@ class Allocator:
         for _probe in range(min(PROBE_LIMIT, pools.size)):
             if self._allowed(None, _ip(n), now):
                 self._next[key] = pools.after(n)
-                return _ip(n)
+                return self._free(key, _ip(n))
             n = pools.after(n)
         busy = self.view.busy_ips(now)  # nearly full: one full read decides
         for n in pools.all():
             ip = _ip(n)
             if ip not in busy and ip != self.server_ip:
                 self._next[key] = pools.after(n)
-                return ip
+                return self._free(key, ip)
         return None
+
+    def _free(self, key: str, ip: str) -> str:
+        """``ip`` was found free in the pools of subnet ``key``: log the end of exhaustion."""
+        edge = self._exhausted.note(key, False)
+        if edge is not None:
+            log.warning("pool of %s has a free address again (%s): %d DISCOVERs were "
+                        "refused while it was exhausted", key, ip, edge.count)
+        return ip
 
     def candidate(self, mac: str, requested: str | None, host=False,
                   subnet: Subnet | None = None) -> str | None:
@@ -219,7 +229,10 @@ class Allocator:
         for _attempt in range(3):  # a racing writer may take our pick; pick again
             ip = self.candidate(mac, requested, host, subnet)
             if ip is None:
-                log.warning("%s pool exhausted, no offer", mac)
+                key = self.pools(subnet).key
+                if self._exhausted.note(key, True) is not None:
+                    log.warning("%s pool of %s exhausted, no offer (no more lines until an "
+                                "address frees up)", mac, key)
                 return None
             now = self.clock()
             held = self.view.lease_for_ip(ip)

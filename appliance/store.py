@@ -40,7 +40,7 @@ from .store_observed import OBSERVED_SCHEMA, ObservedRows
 from .store_subnets import SUBNETS_SCHEMA, SubnetRows
 from .store_tenants import TENANTS_SCHEMA, TenantRows
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -111,7 +111,9 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, Observe
     def _migrate(db: sqlite3.Connection) -> None:
         """Schema 1 -> 2: variables on distros and profiles; 2 -> 3: options on
         hosts (the subnets table is created by the schema script); 3 -> 4:
-        boot_rules, tenant, source on hosts (tenant tables: schema script)."""
+        boot_rules, tenant, source on hosts (tenant tables: schema script); 4 -> 5:
+        the events_kind index (:meth:`events_of_kind`: the last rows of one kind,
+        by id, read from the index alone -- ``id`` is the rowid every index holds)."""
         for table, column, decl in (
                 ("distros", "variables", "TEXT NOT NULL DEFAULT '{}'"),
                 ("profiles", "variables", "TEXT NOT NULL DEFAULT '{}'"),
@@ -121,6 +123,7 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, Observe
             cols = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in cols:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        db.execute("CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id)")
         db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:

@@ -157,6 +157,11 @@ class Plowshare(Server):
         m = re.search(r"ping check probes sent: (\d+)", self.log())
         return int(m.group(1)) if m else None
 
+    def shed(self) -> int | None:
+        """DISCOVERs the server shed because its loop was behind (dhcp_triage)."""
+        m = re.search(r"DISCOVERs shed: (\d+)", self.log())
+        return int(m.group(1)) if m else None
+
     def leases(self):
         db = sqlite3.connect(self.state / "plowshare.db")
         try:
@@ -245,6 +250,7 @@ def run_point(kind: type[Server], rate: int, period: int, root: Path) -> dict:
     stats["cpu_us_per_exchange"] = (1e6 * (cpu1 - cpu0) / acks
                                     if acks and cpu0 is not None and cpu1 is not None else None)
     stats["ping_probes"] = server.probes() if isinstance(server, Plowshare) else None
+    stats["shed"] = server.shed() if isinstance(server, Plowshare) else None
     stats.update(server=kind.name, target=rate, clients=clients,
                  passed=stats["do_drop_pct"] < DROP_LIMIT and stats["ra_drop_pct"] < DROP_LIMIT)
     print(f"{kind.name:9} rate {rate:5}: {stats['rate']:8.1f} ex/s  drops DO "
@@ -252,7 +258,8 @@ def run_point(kind: type[Server], rate: int, period: int, root: Path) -> dict:
           + (f"  CPU {stats['cpu_us_per_exchange']:.0f} us/exchange"
              if stats["cpu_us_per_exchange"] else "")
           + (f"  ping probes {stats['ping_probes']}" if stats["ping_probes"] is not None
-             else ""), flush=True)
+             else "")
+          + (f"  shed {stats['shed']}" if stats["shed"] is not None else ""), flush=True)
     return stats
 
 
@@ -411,6 +418,7 @@ def serve(args) -> None:
         time.sleep(0.2)
     for server in reversed(servers):
         server.stop()
+    print(f"DISCOVERs shed: {servers[0].shed}", flush=True)
     if guard is not None:
         print(f"ping check probes sent: {guard.prober.probes_sent}", flush=True)
     store.close()

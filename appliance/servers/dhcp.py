@@ -16,7 +16,11 @@ around it.  Contract of the loop:
   on the reply (``reply.durable``) and the loop sends such a reply only from
   ``ticket.then`` -- never directly;
 * packets are handled in batches (whatever is queued on the socket, up to
-  :data:`BATCH`); lease writes and events are queued on one :class:`~appliance.groupcommit.GroupCommitter` whose writer
+  :data:`DRAIN`); a full drain means the loop is behind: :mod:`~appliance.servers.dhcp_triage` answers the requests that
+  finish exchanges first and sheds the oldest DISCOVERs (``shed`` counts
+  them); and while more than :data:`BACKLOG` lease writes wait for their
+  commit, the loop waits too (holding no lock and no GIL), so the writer
+  commits and sends ACKs instead of competing with new work; lease writes and events are queued on one :class:`~appliance.groupcommit.GroupCommitter` whose writer
   thread commits them with one fsync per batch while the loop goes on;
 * no packet, however malformed, stops the loop;
 * the store is not read per packet: once per batch its change token (a
@@ -55,6 +59,7 @@ from ..store_changes import HOSTS_GENERATION, LEASES_GENERATION
 from ..subnets import SubnetTable
 from . import dhcp_codec as c
 from .dhcp_boot import boot_answer
+from .dhcp_triage import triage
 from .l2 import L2Sender
 from .relay import note_untrusted, relay_note, trusted_relay_info
 
@@ -62,7 +67,13 @@ log = logging.getLogger("plowshare.dhcp")
 
 RECV_BUFFER = 4096
 POLL_SECONDS = 0.5
-BATCH = 64  # packets taken off the socket per allocation batch
+BATCH = 64  # requests a batch answers when the loop keeps up
+DRAIN = 4 * BATCH  # packets taken off the socket at most per batch
+BEHIND = DRAIN - 1  # a drain of more packets than this: the loop is behind
+BUDGET = 2 * BATCH  # requests a batch answers when behind (REQUESTs first)
+SHED_FLOOR = BATCH // 2  # DISCOVERs a batch answers however far behind
+BACKLOG = 4 * BATCH  # lease writes queued for commit past which the loop waits
+RCVBUF = 1 << 20  # socket receive buffer: holds more than one DRAIN of requests
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
 
@@ -191,6 +202,14 @@ def _answer(req: c.DhcpRequest, ctx: DhcpContext, subnet: Subnet) -> c.DhcpReply
     return None
 
 
+def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+    """Past ``net.core.rmem_max`` when allowed (root), else as far as it goes."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, size)
+    except (OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class DhcpServer:
     """Socket loop around :func:`make_reply` on one interface.
 
@@ -216,6 +235,7 @@ class DhcpServer:
         self._thread: threading.Thread | None = None
         self.hosts: HostIndex | None = None
         self._store_token = None  # Store.change_token() when last synced
+        self.shed = 0  # DISCOVERs shed because the loop was behind (dhcp_triage)
 
     def attach_writer(self) -> None:
         """Start the group committer (unless given) and the host index; attach both."""
@@ -227,11 +247,18 @@ class DhcpServer:
         alloc.writer, alloc.hosts, self.writer.hosts = self.writer, self.hosts, self.hosts
         self.events = self.ctx.events.via(self.writer)
 
-    def start(self) -> None:
+    def open(self) -> None:
+        """Bind the socket and start the writer (and guard) without reading yet.
+
+        Requests sent meanwhile wait in the socket; :meth:`start` reads them.
+        """
+        if self._sock is not None:
+            return
         d = self.ctx.config.dhcp
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        _set_rcvbuf(sock, RCVBUF)
         if self.ctx.interface:
             sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, self.ctx.interface.encode())
             self._l2 = L2Sender(self.ctx.interface)
@@ -243,10 +270,14 @@ class DhcpServer:
         if self.guard is not None:
             self.guard.subnets = lambda: self.ctx.table().subnets()
             self.guard.start(self.emit, lambda req: make_reply(req, self.ctx), self.events)
+
+    def start(self) -> None:
+        """:meth:`open` (unless done), then answer requests in the loop thread."""
+        self.open()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="dhcp", daemon=True)
         self._thread.start()
-        log.info("listening on %s:%d (interface %s)", self.bind, d.server_port,
+        log.info("listening on %s:%d (interface %s)", self.bind, self.ctx.config.dhcp.server_port,
                  self.ctx.interface or "any")
 
     def stop(self) -> None:
@@ -270,16 +301,17 @@ class DhcpServer:
         return self._thread is not None and self._thread.is_alive()
 
     def _receive(self) -> list[bytes]:
-        """Wait (up to POLL_SECONDS) for packets, then take what is queued (<= BATCH)."""
+        """Wait (up to POLL_SECONDS) for packets, then take what is queued (<= DRAIN)."""
         payloads: list[bytes] = []
         guard = self.guard
         waits = [self._sock, *guard.fds()] if guard else [self._sock]
         timeout = guard.timeout(POLL_SECONDS) if guard else POLL_SECONDS
         if self._sock not in select.select(waits, [], [], timeout)[0]:
             return payloads
-        while len(payloads) < BATCH:
+        recv = self._sock.recv
+        while len(payloads) < DRAIN:
             try:
-                payloads.append(self._sock.recvfrom(RECV_BUFFER)[0])
+                payloads.append(recv(RECV_BUFFER))
             except (BlockingIOError, InterruptedError):
                 break
         return payloads
@@ -293,7 +325,10 @@ class DhcpServer:
                     return
                 raise
             if payloads:
-                self.handle_batch(payloads)
+                self.handle_batch(payloads, behind=len(payloads) > BEHIND)
+            writer = self.writer
+            if writer is not None and writer.backlog() > BACKLOG:
+                writer.wait_for_room(BACKLOG // 2, POLL_SECONDS)  # let the ACKs out first
             if self.guard is not None:
                 try:
                     self.guard.tick()
@@ -314,22 +349,39 @@ class DhcpServer:
         self.ctx.table().refresh()
         self._store_token = token
 
-    def handle_batch(self, payloads: list[bytes]) -> None:
+    def handle_batch(self, payloads: list[bytes], behind: bool = False) -> None:
+        """Answer one batch; ``behind``: more was queued than a batch handles, so
+        :func:`~appliance.servers.dhcp_triage.triage` orders it and sheds DISCOVERs."""
         try:
             self.sync_store()
         except Exception:
             log.exception("store not re-read; answering from the previous hosts, leases "
                           "and subnets")
+        requests = []
         for payload in payloads:
+            req = c.decode(payload)  # never raises
+            if req is not None:
+                requests.append(req)
+        plan = triage(requests, behind, BUDGET, SHED_FLOOR)
+        if plan.shed:
+            self.shed += len(plan.shed)
+            log.info("behind: %d packets queued, %d answered first, %d DISCOVERs answered, "
+                     "%d oldest DISCOVERs shed (%d so far)", len(payloads), plan.first,
+                     len(plan.handle) - plan.first, len(plan.shed), self.shed)
+        for req in plan.handle:
             try:
-                self.handle(payload)
+                self.answer(req)
             except Exception:
-                log.exception("error handling a %d-byte DHCP packet", len(payload))
+                log.exception("%s error handling a DHCP %s", req.mac,
+                              c.MSG_NAMES.get(req.msg_type, req.msg_type))
 
     def handle(self, payload: bytes) -> None:
         req = c.decode(payload)
-        if req is None:
-            return
+        if req is not None:
+            self.answer(req)
+
+    def answer(self, req: c.DhcpRequest) -> None:
+        """Record ``req``, decide, and send (or hand to the guard) the reply."""
         ev = self.events
         ev.record(req.mac, f"dhcp-{c.MSG_NAMES[req.msg_type]}",
                   f"arch {describe(req.arch)} vendor {req.vendor_class!r} "
