@@ -113,7 +113,8 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, Observe
         hosts (the subnets table is created by the schema script); 3 -> 4:
         boot_rules, tenant, source on hosts (tenant tables: schema script); 4 -> 5:
         the events_kind index (:meth:`events_of_kind`: the last rows of one kind,
-        by id, read from the index alone -- ``id`` is the rowid every index holds)."""
+        by id, read from the index alone -- ``id`` is the rowid every index holds)
+        and the observed-addresses table (schema script)."""
         for table, column, decl in (
                 ("distros", "variables", "TEXT NOT NULL DEFAULT '{}'"),
                 ("profiles", "variables", "TEXT NOT NULL DEFAULT '{}'"),
