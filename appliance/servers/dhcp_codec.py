@@ -322,7 +322,8 @@ OPTION_CACHE_SIZE = 4096
 _cached_option_bytes = functools.lru_cache(maxsize=OPTION_CACHE_SIZE)(_option_bytes)
 
 
-def _option_wire(item) -> bytes:
+def option_wire(item) -> bytes:
+    """The wire form of one reply item (several instances if long: RFC 3396)."""
     try:
         return _cached_option_bytes(item)
     except TypeError:  # an unhashable value (a list): encoded every time
@@ -339,4 +340,4 @@ def encode(reply: DhcpReply, server_ip: str) -> bytes:
         ip_bytes(reply.yiaddr), ip_bytes(reply.siaddr), ip_bytes(req.giaddr),
         req.chaddr.ljust(16, b"\x00"), reply.sname.encode()[:63], file_field)
     options = [("message-type", reply.msg_type), ("server_id", server_ip), *reply.options]
-    return b"".join((header, MAGIC_COOKIE, *map(_option_wire, options), bytes((OPT_END,))))
+    return b"".join((header, MAGIC_COOKIE, *map(option_wire, options), bytes((OPT_END,))))
