@@ -161,6 +161,23 @@ def _fit(wires: list[bytes], room: int, free: tuple[bool, bool]) -> list[list[by
     return _layout(wires, rooms)
 
 
+def _squeeze(wires: list[bytes], order: list[int], room: int,
+             free: tuple[bool, bool]) -> tuple[list[list[bytes]] | None, list[int]]:
+    """Drop options in ``order`` until the rest fit, then give back each dropped
+    one that fits again (a small unrequested option need not go for a big one)."""
+    def fit(dropped: list[int]):
+        return _fit([w for n, w in enumerate(wires) if n not in dropped], room, free)
+
+    dropped: list[int] = []
+    while (areas := fit(dropped)) is None and len(dropped) < len(order):
+        dropped.append(order[len(dropped)])
+    for n in reversed(dropped[:-1] if areas is not None else []):
+        trial = [m for m in dropped if m != n]
+        if (more := fit(trial)) is not None:
+            areas, dropped = more, trial
+    return areas, dropped
+
+
 def encode(reply: c.DhcpReply, server_ip: str) -> bytes:
     """``reply``'s bytes within its client's size limit (see the module doc)."""
     plain = c.encode(reply, server_ip)
@@ -171,10 +188,7 @@ def encode(reply: c.DhcpReply, server_ip: str) -> bytes:
     wires = [c.option_wire(item) for item in items]
     codes = [c.option_code(item) for item in items]
     free = (not reply.filename or len(reply.filename) >= c.BOOTP_FILE_LEN, not reply.sname)
-    order, dropped = drop_order(codes, reply.request.params), []
-    while (areas := _fit([w for n, w in enumerate(wires) if n not in dropped],
-                         room, free)) is None and order:
-        dropped.append(order.pop(0))
+    areas, dropped = _squeeze(wires, drop_order(codes, reply.request.params), room, free)
     mac = reply.request.mac
     if areas is None:
         log.error("%s reply does not fit %d bytes even with only %s: sent as is", mac,
