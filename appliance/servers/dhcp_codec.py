@@ -248,7 +248,7 @@ def _scan_options(payload: bytes) -> dict[int, bytes]:
 
 
 def decode(payload: bytes) -> DhcpRequest | None:
-    """Same result as :func:`decode_scapy`, without scapy.  Never raises."""
+    """Same result as :func:`.dhcp_codec_scapy.decode_scapy`, without scapy.  Never raises."""
     try:
         if len(payload) < OPTIONS_OFFSET or \
                 payload[BOOTP_HEADER.size:OPTIONS_OFFSET] != MAGIC_COOKIE:
@@ -331,7 +331,7 @@ def option_wire(item) -> bytes:
 
 
 def encode(reply: DhcpReply, server_ip: str) -> bytes:
-    """Byte-for-byte what :func:`encode_scapy` builds, without scapy."""
+    """Byte-for-byte what :func:`.dhcp_codec_scapy.encode_scapy` builds, without scapy."""
     req = reply.request
     file_field = reply.filename.encode() if len(reply.filename) < BOOTP_FILE_LEN else b""
     ciaddr = req.ciaddr if reply.msg_type != NAK else "0.0.0.0"
