@@ -29,11 +29,13 @@ Example file::
     max_lease_time = 86400      # a client's option-51 request is clamped to this
     relays = ["10.1.0.254"]     # relay agents whose option 82 is trusted (RFC 3046)
     options = { "ntp-servers" = ["10.0.0.1"] }   # global: every subnet, lowest layer
+    always_send = ["ntp-servers"]   # sent even when a client's option 55 omits them
 
     [[dhcp.subnet]]             # more subnets, reached through relays (giaddr)
     network = "10.1.0.0/24"
     pools = ["10.1.0.100-10.1.0.150", "10.1.0.200-10.1.0.220"]
     lease_time = 7200           # optional; max_lease_time too
+    always_send = ["interface-mtu"]   # optional, added to [dhcp] always_send
     [dhcp.subnet.options]       # this subnet's options (over [dhcp] options)
     routers = ["10.1.0.254"]
     domain-name-servers = ["10.0.0.1"]
@@ -91,6 +93,7 @@ class DhcpConfig:
     max_lease_time: int = 86400
     relays: tuple[str, ...] = ()  # trusted relay agents (giaddr) for option 82
     options: dict = field(default_factory=dict, hash=False)  # global DHCP options
+    always_send: tuple[str, ...] = ()  # ISC option names sent whatever option 55 asks
     subnets: tuple[Subnet, ...] = ()  # [[dhcp.subnet]] tables, besides the served one
     ping_check: bool = True  # server mode: ICMP echo before offering a new address
     rogue_detect: bool = True  # server mode: watch the interface for other DHCP servers
@@ -181,7 +184,7 @@ def _pools_in(network: ipaddress.IPv4Network, texts, where: str) -> tuple:
     return tuple(pools)
 
 
-SUBNET_KEYS = {"network", "pools", "options", "lease_time", "max_lease_time"}
+SUBNET_KEYS = {"network", "pools", "options", "lease_time", "max_lease_time", "always_send"}
 
 
 def subnet_from(raw: dict, where: str, source: str = "config") -> Subnet:
@@ -205,6 +208,7 @@ def subnet_from(raw: dict, where: str, source: str = "config") -> Subnet:
     pools = _pools_in(network, raw.get("pools", []), where)
     try:
         options = dhcp_options.parse_table(raw.get("options", {}), where)
+        always = dhcp_options.parse_names(raw.get("always_send", []), where)
     except dhcp_options.OptionError as exc:
         raise ConfigError(str(exc)) from None
     lease = raw.get("lease_time")
@@ -213,7 +217,7 @@ def subnet_from(raw: dict, where: str, source: str = "config") -> Subnet:
     most = None if most is None else _seconds(most, f"{where}: max_lease_time")
     if lease and most and lease > most:
         raise ConfigError(f"{where}: lease_time {lease} exceeds max_lease_time {most}")
-    return Subnet(str(network), pools, options, lease, most, source)
+    return Subnet(str(network), pools, options, lease, most, source, always)
 
 
 def check_subnets(subnets) -> None:
@@ -237,6 +241,11 @@ def _dhcp_from(raw: dict) -> DhcpConfig:
     if "options" in kwargs:
         try:
             kwargs["options"] = dhcp_options.parse_table(kwargs["options"], "dhcp.options")
+        except dhcp_options.OptionError as exc:
+            raise ConfigError(str(exc)) from None
+    if "always_send" in kwargs:
+        try:
+            kwargs["always_send"] = dhcp_options.parse_names(kwargs["always_send"], "dhcp")
         except dhcp_options.OptionError as exc:
             raise ConfigError(str(exc)) from None
     if "relays" in kwargs:

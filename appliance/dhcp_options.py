@@ -19,9 +19,11 @@ type           accepted values                       canonical value (JSON-able)
 
 :func:`parse` turns either form into the canonical value (so TOML, the store
 and the CLI all hold the same thing) and raises :class:`OptionError` with the
-option's name for anything wrong, including an unknown name and a value that
-would not fit one option (RFC 3396 long options are not produced).
-:func:`encode` turns a canonical value into ``(code, bytes)``.
+option's name for anything wrong, including an unknown name and a value
+too long for any reply (:data:`MAX_VALUE_LEN`).  A value longer than 255
+bytes is fine: the codec splits it into consecutive instances (RFC 3396).
+:func:`encode` turns a canonical value into ``(code, bytes)``;
+:func:`always_codes` turns an ``always_send`` list into codes.
 
 Decisions and quirks:
 
@@ -45,12 +47,16 @@ Decisions and quirks:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-MAX_OPTION_LEN = 255  # RFC 2132 section 2: one length octet
+# Longest value accepted.  RFC 3396 splits longer ones into 255-byte pieces, but
+# a reply is at most 1500 bytes (appliance.servers.dhcp_packing): beyond this a
+# value could never be sent next to the options a reply cannot do without.
+MAX_VALUE_LEN = 1024
 
 
 class OptionError(ValueError):
@@ -205,7 +211,7 @@ def parse(name: str, value):
     """Canonical value of option ``name`` from a TOML value or text.
 
     Raises :class:`OptionError` naming the option when the name is unknown,
-    the value does not parse, or its encoding would exceed 255 bytes.
+    the value does not parse, or its encoding would exceed :data:`MAX_VALUE_LEN`.
     """
     entry = spec(name)
     try:
@@ -217,9 +223,25 @@ def parse(name: str, value):
         size = len(_ENCODERS[entry.kind](canonical))
     except (ValueError, TypeError) as exc:
         raise OptionError(f"option {name}: {exc}") from None
-    if size > MAX_OPTION_LEN:
-        raise OptionError(f"option {name}: {size} bytes encoded, more than {MAX_OPTION_LEN}")
+    if size > MAX_VALUE_LEN:
+        raise OptionError(f"option {name}: {size} bytes encoded, more than {MAX_VALUE_LEN}")
     return canonical
+
+
+def parse_names(value, where: str) -> tuple[str, ...]:
+    """An ``always_send`` list of option names -> their ISC names (OptionError if unknown)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise OptionError(f"{where}: always_send must be a list of option names")
+    try:
+        return tuple(dict.fromkeys(spec(str(name)).name for name in value))
+    except OptionError as exc:
+        raise OptionError(f"{where}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def always_codes(names: tuple[str, ...]) -> frozenset[int]:
+    """The option codes of validated ``always_send`` names (memoised: hot path)."""
+    return frozenset(spec(name).code for name in names)
 
 
 def parse_table(table, where: str) -> dict:

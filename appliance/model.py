@@ -172,6 +172,8 @@ class Subnet:
     (:mod:`appliance.dhcp_options`).  ``lease_time`` / ``max_lease_time``
     ``None`` mean the ``[dhcp]`` defaults.  ``source`` is ``"config"`` or
     ``"store"`` (where it was defined; both at once is a config error).
+    ``always_send``: ISC names of options sent even to a client whose
+    parameter request list (option 55) does not ask for them (config only).
     """
 
     network: str
@@ -180,6 +182,7 @@ class Subnet:
     lease_time: int | None = None
     max_lease_time: int | None = None
     source: str = "config"
+    always_send: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

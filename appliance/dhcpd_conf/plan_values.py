@@ -20,6 +20,9 @@ from . import ast
 #: Options that are not per-client values: declarations of the site or parts
 #: of a boot decision handled elsewhere (host-name: the host's name).
 NOT_OPTIONS = frozenset({"host-name"})
+#: dhcpd's way to force options on a client (it replaces the client's option
+#: 55); Plowshare's equivalent is config ``always_send``, not a host option.
+PARAMS_OVERRIDE = "dhcp-parameter-request-list"
 
 
 class Unmapped(ValueError):
@@ -30,6 +33,9 @@ def option_value(node: ast.Option) -> tuple[str, object]:
     """``(ISC name, canonical value)`` of a constant ``option`` statement."""
     if node.expr is not None:
         raise Unmapped(f"option {node.name} = <expression> is computed per request")
+    if node.name == PARAMS_OVERRIDE:
+        raise Unmapped(f"option {node.name} (the server's override of the client's list) "
+                       f"is not mapped: use always_send in [dhcp] or [[dhcp.subnet]]")
     try:
         entry = dhcp_options.spec(node.name)
     except dhcp_options.OptionError:

@@ -30,6 +30,9 @@ around it.  Contract of the loop:
   the allocator read hosts from while the server runs) and the group
   committer's lease index whether to re-read anything.
 
+Options: a client's parameter request list (option 55) and maximum message
+size (option 57) shape every OFFER and ACK (:mod:`.dhcp_packing`).
+
 Relays (RFC 3046): a request with giaddr is answered for the subnet of the
 relay, to the relay.  Option 82 counts only from a relay in
 ``[dhcp] relays``: its circuit-id and remote-id go on the
@@ -47,6 +50,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
+from .. import dhcp_options
 from ..arch import describe
 from ..config import Config
 from ..events import EventLog
@@ -58,6 +62,7 @@ from ..policy import BootPolicy
 from ..store_changes import HOSTS_GENERATION, LEASES_GENERATION
 from ..subnets import SubnetTable
 from . import dhcp_codec as c
+from . import dhcp_packing as packing
 from .dhcp_boot import boot_answer
 from .dhcp_triage import triage
 from .l2 import L2Sender
@@ -169,6 +174,9 @@ def make_reply(req: c.DhcpRequest, ctx: DhcpContext) -> c.DhcpReply | None:
         return None  # relayed from a network we do not serve (logged by the table)
     note_untrusted(req, ctx)
     reply = _answer(req, ctx, subnet)
+    if reply is not None and reply.msg_type != c.NAK and req.params is not None:
+        always = ctx.config.dhcp.always_send + subnet.always_send
+        packing.select_reply(reply, dhcp_options.always_codes(always))  # option 55
     echo = trusted_relay_info(req, ctx)
     if reply is not None and echo is not None and reply.msg_type != c.NAK:
         reply.options.append(("relay_agent_information", echo))  # RFC 3046 2.2: last
@@ -397,7 +405,7 @@ class DhcpServer:
         """Record and send ``reply`` (an ACK only once its lease is durable)."""
         self.events.record(reply.request.mac, f"dhcp-{c.MSG_NAMES[reply.msg_type]}",
                            f"{reply.yiaddr} {reply.note}".strip(), log)
-        data = c.encode(reply, self.ctx.config.address)
+        data = packing.encode(reply, self.ctx.config.address)
         if reply.durable is None:
             self.send(reply, data)
         else:  # the ACK waits for its lease's group commit
@@ -409,7 +417,7 @@ class DhcpServer:
             log.warning("%s lease %s not committed: NAK instead of ACK", reply.request.mac,
                         reply.yiaddr)
             reply = nak(reply.request, trusted_relay_info(reply.request, self.ctx))
-            data = c.encode(reply, self.ctx.config.address)
+            data = packing.encode(reply, self.ctx.config.address)
         try:
             self.send(reply, data)
         except OSError as exc:

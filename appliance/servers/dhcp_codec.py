@@ -2,8 +2,8 @@
 
 Two implementations of the same two functions:
 
-* :func:`decode_scapy` / :func:`encode_scapy` -- scapy's BOOTP/DHCP layers
-  do the byte work.  They are the reference.
+* ``decode_scapy`` / ``encode_scapy`` in :mod:`.dhcp_codec_scapy` -- scapy's
+  BOOTP/DHCP layers do the byte work.  They are the reference.
 * :func:`decode` / :func:`encode` -- the hot path: ``struct`` over the fixed
   BOOTP header and a table (:data:`REPLY_OPTIONS`, :data:`REQUEST_OPTIONS`)
   naming every option they read or write.  About 50x cheaper than scapy.
@@ -26,18 +26,22 @@ Field quirks handled here so that the decision code never sees them
   :func:`relay_suboptions` reads circuit-id and remote-id out of it.
 * Option 51 in a request (``lease_time``) is the client's wish; with more
   than four bytes, the first four count (as scapy reads it).
+* A code that appears more than once is one option whose value is the
+  concatenation (RFC 3396 section 7), in the main options area; for the
+  fixed-size codes that means the first instance counts.  Replies split a
+  value longer than 255 bytes into consecutive instances (RFC 3396 sec. 5).
+* Option 55 (``params``) is ``None`` when absent or empty (ISC dhcpd treats
+  an empty list as none); option 57 (``max_size``) is the client's number,
+  unchecked -- :mod:`appliance.servers.dhcp_packing` applies the limits.
 """
 
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import socket
 import struct
 from dataclasses import dataclass, field
-
-from scapy.layers.dhcp import BOOTP, DHCP
 
 log = logging.getLogger("plowshare.dhcp")
 
@@ -83,6 +87,7 @@ IPXE_NO_PXEDHCP = 176        # sub-option of 175: skip waiting for proxyDHCP
 PXE_DISCOVERY_CONTROL = 6    # PXE 2.1 spec, option 43 sub-option 6
 PXE_DISCOVERY_USE_BOOTFILE = 0x08  # bit 3: use the boot file name, no server discovery
 OPT_END = 255
+MAX_OPTION_LEN = 255         # RFC 2132 section 2: one length octet per instance
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,8 @@ class DhcpRequest:
     chaddr: bytes = b""
     lease_time: int | None = None   # option 51: the lease time the client asks for
     relay_info: bytes | None = None  # option 82 as the relay sent it
+    params: tuple[int, ...] | None = None  # option 55, in the client's order
+    max_size: int | None = None  # option 57: the largest message it accepts
 
     @property
     def broadcast(self) -> bool:
@@ -145,12 +152,6 @@ def relay_suboptions(raw: bytes | None) -> dict[int, bytes]:
     return out
 
 
-def _text(value) -> str | None:
-    if isinstance(value, bytes):
-        return value.decode("latin-1").rstrip("\x00")
-    return str(value) if value is not None else None
-
-
 def _user_class(raw: bytes) -> str:
     """RFC 3004 list (len+data...) or iPXE's bare string, as text."""
     if raw and raw[0] + 1 == len(raw):
@@ -166,75 +167,8 @@ def _arch(raw) -> int | None:
     return struct.unpack("!H", raw[:2])[0]
 
 
-def _options(pkt) -> dict:
-    """First occurrence of each named option; raw/unparsable items dropped."""
-    out: dict = {}
-    dhcp = pkt.getlayer(DHCP)
-    if dhcp is None:
-        return out
-    for item in dhcp.options:
-        if isinstance(item, tuple) and len(item) >= 2:
-            out.setdefault(item[0], item[1])
-    return out
-
-
-def decode_scapy(payload: bytes) -> DhcpRequest | None:
-    """Parse one UDP payload from a client; ``None`` for anything unusable."""
-    try:
-        pkt = BOOTP(payload)
-        if pkt.op != BOOTREQUEST or pkt.htype != HTYPE_ETHER or pkt.hlen != HLEN_ETHER:
-            return None
-        opts = _options(pkt)
-        msg_type = opts.get("message-type")
-        if not isinstance(msg_type, int) or msg_type not in MSG_NAMES:
-            return None
-        chaddr = bytes(pkt.chaddr)[:HLEN_ETHER]
-        user = opts.get("user_class")
-        uuid = opts.get("pxe_client_machine_identifier")
-        lease = opts.get("lease_time")
-        relay = opts.get("relay_agent_information")
-        return DhcpRequest(
-            msg_type=msg_type, xid=pkt.xid, mac=":".join(f"{b:02x}" for b in chaddr),
-            flags=int(pkt.flags), ciaddr=pkt.ciaddr, giaddr=pkt.giaddr, hops=pkt.hops,
-            requested_ip=_ip_or_none(opts.get("requested_addr")),
-            server_id=_ip_or_none(opts.get("server_id")),
-            hostname=_text(opts.get("hostname")),
-            vendor_class=_text(opts.get("vendor_class_id")),
-            user_class=_user_class(user) if isinstance(user, bytes) else _text(user),
-            arch=_arch(opts.get("pxe_client_architecture")),
-            uuid=uuid if isinstance(uuid, bytes) else None,
-            ipxe_options=OPT_IPXE_ENCAP in opts, chaddr=chaddr,
-            lease_time=lease if isinstance(lease, int) else None,
-            relay_info=relay if isinstance(relay, bytes) else None)
-    except Exception:  # noqa: BLE001 - a malformed packet is dropped, never fatal
-        log.debug("undecodable DHCP payload of %d bytes", len(payload))
-        return None
-
-
-def _ip_or_none(value) -> str | None:
-    try:
-        return str(ipaddress.IPv4Address(value)) if value else None
-    except (ValueError, TypeError):
-        return None
-
-
 def ip_bytes(ip: str) -> bytes:
     return socket.inet_aton(ip)  # dotted quad -> 4 bytes (the hot path's cost)
-
-
-def encode_scapy(reply: DhcpReply, server_ip: str) -> bytes:
-    """The BOOTP payload of ``reply`` (options in the order given)."""
-    req = reply.request
-    file_field = reply.filename.encode() if len(reply.filename) < BOOTP_FILE_LEN else b""
-    pkt = BOOTP(op=BOOTREPLY, htype=HTYPE_ETHER, hlen=HLEN_ETHER, hops=0, xid=req.xid,
-                flags=req.flags, ciaddr=req.ciaddr if reply.msg_type != NAK else "0.0.0.0",
-                yiaddr=reply.yiaddr, siaddr=reply.siaddr, giaddr=req.giaddr,
-                chaddr=req.chaddr + b"\x00" * 10, file=file_field)
-    options = [("message-type", reply.msg_type), ("server_id", server_ip)]
-    options += reply.options
-    options.append("end")
-    return bytes(pkt / DHCP(options=options))
-
 
 
 # -- the hot path: struct + named option table --------------------------------------
@@ -283,6 +217,7 @@ REQUEST_OPTIONS: dict[int, str] = {
     OPT_SERVER_ID: "ip", OPT_RENEWAL_T1: "u32", OPT_REBINDING_T2: "u32",
     OPT_MAX_MESSAGE_SIZE: "u16",
 }
+OPT_PARAMS = 55              # RFC 2132 9.8 (parameter request list)
 
 
 def _ip_text(raw: bytes) -> str:
@@ -290,7 +225,7 @@ def _ip_text(raw: bytes) -> str:
 
 
 def _scan_options(payload: bytes) -> dict[int, bytes]:
-    """code -> raw value of each option's first occurrence (scapy's rules)."""
+    """code -> raw value, repeats concatenated (RFC 3396 7; scapy's stop rules)."""
     out: dict[int, bytes] = {}
     i, end = OPTIONS_OFFSET, len(payload)
     while i < end:
@@ -307,13 +242,13 @@ def _scan_options(payload: bytes) -> dict[int, bytes]:
         unit = FIXED_SIZE.get(REQUEST_OPTIONS.get(code, ""), 0)
         if unit and (size == 0 or size % unit):
             break  # scapy stops decoding here as well
-        out.setdefault(code, value)
+        out[code] = out[code] + value if code in out else value
         i += 2 + size
     return out
 
 
 def decode(payload: bytes) -> DhcpRequest | None:
-    """Same result as :func:`decode_scapy`, without scapy.  Never raises."""
+    """Same result as :func:`.dhcp_codec_scapy.decode_scapy`, without scapy.  Never raises."""
     try:
         if len(payload) < OPTIONS_OFFSET or \
                 payload[BOOTP_HEADER.size:OPTIONS_OFFSET] != MAGIC_COOKIE:
@@ -331,7 +266,7 @@ def decode(payload: bytes) -> DhcpRequest | None:
         text = {code: opts[code].decode("latin-1").rstrip("\x00")
                 for code in (OPT_HOSTNAME, OPT_VENDOR_CLASS) if code in opts}
         requested, server = opts.get(OPT_REQUESTED_IP), opts.get(OPT_SERVER_ID)
-        lease = opts.get(OPT_LEASE_TIME)
+        lease, size = opts.get(OPT_LEASE_TIME), opts.get(OPT_MAX_MESSAGE_SIZE)
         return DhcpRequest(
             msg_type=kind[0], xid=xid, mac=chaddr.hex(":"), flags=flags,
             ciaddr=_ip_text(ciaddr), giaddr=_ip_text(giaddr), hops=hops,
@@ -342,7 +277,9 @@ def decode(payload: bytes) -> DhcpRequest | None:
             arch=_arch(opts.get(OPT_CLIENT_ARCH)), uuid=opts.get(OPT_CLIENT_UUID),
             ipxe_options=OPT_IPXE_ENCAP in opts, chaddr=chaddr,
             lease_time=struct.unpack_from("!I", lease)[0] if lease else None,
-            relay_info=opts.get(OPT_RELAY_AGENT))
+            relay_info=opts.get(OPT_RELAY_AGENT),
+            params=tuple(opts.get(OPT_PARAMS, b"")) or None,
+            max_size=struct.unpack_from("!H", size)[0] if size else None)
     except Exception:  # noqa: BLE001 - a malformed packet is dropped, never fatal
         log.debug("undecodable DHCP payload of %d bytes", len(payload))
         return None
@@ -362,9 +299,21 @@ def _option_bytes(item) -> bytes:
         value = b"".join(ip_bytes(v) for v in (values if kind == "ips" else values[:1]))
     else:
         value = values[0] if isinstance(values[0], bytes) else str(values[0]).encode()
-    if len(value) > 255:
-        raise ValueError(f"option {name} longer than 255 bytes")
-    return bytes((code, len(value))) + value
+    if len(value) <= MAX_OPTION_LEN:
+        return bytes((code, len(value))) + value
+    return b"".join(bytes((code, len(part))) + part for part in split_long(value))
+
+
+def split_long(value: bytes) -> list[bytes]:
+    """RFC 3396 section 5: a long value as consecutive pieces of at most 255 bytes."""
+    return [value[i:i + MAX_OPTION_LEN] for i in range(0, len(value), MAX_OPTION_LEN)]
+
+
+def option_code(item) -> int:
+    """The option code of a reply item (scapy name or raw code)."""
+    name = item[0]
+    return name if isinstance(name, int) and name not in REPLY_OPTIONS \
+        else REPLY_OPTIONS[name][0]
 
 
 # A reply's options are nearly always the same few items (the subnet's, the
@@ -373,7 +322,8 @@ OPTION_CACHE_SIZE = 4096
 _cached_option_bytes = functools.lru_cache(maxsize=OPTION_CACHE_SIZE)(_option_bytes)
 
 
-def _option_wire(item) -> bytes:
+def option_wire(item) -> bytes:
+    """The wire form of one reply item (several instances if long: RFC 3396)."""
     try:
         return _cached_option_bytes(item)
     except TypeError:  # an unhashable value (a list): encoded every time
@@ -381,7 +331,7 @@ def _option_wire(item) -> bytes:
 
 
 def encode(reply: DhcpReply, server_ip: str) -> bytes:
-    """Byte-for-byte what :func:`encode_scapy` builds, without scapy."""
+    """Byte-for-byte what :func:`.dhcp_codec_scapy.encode_scapy` builds, without scapy."""
     req = reply.request
     file_field = reply.filename.encode() if len(reply.filename) < BOOTP_FILE_LEN else b""
     ciaddr = req.ciaddr if reply.msg_type != NAK else "0.0.0.0"
@@ -390,4 +340,4 @@ def encode(reply: DhcpReply, server_ip: str) -> bytes:
         ip_bytes(reply.yiaddr), ip_bytes(reply.siaddr), ip_bytes(req.giaddr),
         req.chaddr.ljust(16, b"\x00"), reply.sname.encode()[:63], file_field)
     options = [("message-type", reply.msg_type), ("server_id", server_ip), *reply.options]
-    return b"".join((header, MAGIC_COOKIE, *map(_option_wire, options), bytes((OPT_END,))))
+    return b"".join((header, MAGIC_COOKIE, *map(option_wire, options), bytes((OPT_END,))))

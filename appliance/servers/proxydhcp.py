@@ -49,10 +49,12 @@ from dataclasses import dataclass
 
 from scapy.layers.dhcp import BOOTP, DHCP
 
+from .. import dhcp_options
 from ..config import Config
 from ..events import EventLog
 from ..policy import BootPolicy
 from . import dhcp_codec as c
+from . import dhcp_packing as packing
 from .dhcp_boot import boot_answer, is_boot_client
 
 log = logging.getLogger("plowshare.dhcp")
@@ -154,11 +156,13 @@ def make_proxy_reply(req: c.DhcpRequest, ctx: ProxyContext, *, pxe_port: bool = 
     answer = boot_answer(req, ctx)
     if answer is None or not answer.filename:
         return None
-    return c.DhcpReply(kind, req, yiaddr="0.0.0.0", siaddr=ctx.config.address,
-                       filename=answer.filename,
-                       options=proxy_options(answer.options, answer.machine.http_client,
-                                             boot_item),
-                       note=answer.note)
+    reply = c.DhcpReply(kind, req, yiaddr="0.0.0.0", siaddr=ctx.config.address,
+                        filename=answer.filename,
+                        options=proxy_options(answer.options, answer.machine.http_client,
+                                              boot_item),
+                        note=answer.note)
+    always = dhcp_options.always_codes(ctx.config.dhcp.always_send)
+    return packing.select_reply(reply, always)  # option 55: 66/67 only if asked
 
 
 def pxe_boot_item(payload: bytes) -> bytes | None:
@@ -274,7 +278,7 @@ class ProxyDhcpServer:
             return
         kind = "dhcp-proxy-ack" if pxe_port else "dhcp-proxy-offer"
         self.ctx.events.record(req.mac, kind, reply.note, log)
-        data = c.encode(reply, self.ctx.config.address)
+        data = packing.encode(reply, self.ctx.config.address)
         self._sendto(data, self.destination(reply, src, pxe_port), pxe_port)
 
     def _observe(self, req: c.DhcpRequest, pxe_port: bool) -> None:
