@@ -249,6 +249,8 @@ def test_pxelinux_and_grub_configs(env):
         r = env.client.get(f"/grub/grub.cfg-{name}")
         assert r.status_code == 200
         assert "linux /distro/deb12/kernel" in r.get_data(as_text=True)
+    r = env.client.get("/grub/grub.cfg")  # the top level an HTTP-booted GRUB reads
+    assert r.status_code == 200 and 'source "$prefix/grub.cfg-01-' in r.get_data(as_text=True)
 
 
 def test_healthz_and_plain_errors(env):
