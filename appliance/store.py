@@ -116,12 +116,13 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows):
         hosts (the subnets table is created by the schema script); 3 -> 4:
         boot_rules, tenant, source on hosts (tenant tables: schema script);
         4 -> 5 (self-contained, renumber freely): ``UEFI_LOADER_COLUMNS``."""
-        for table, column, decl in (*UEFI_LOADER_COLUMNS,
+        for table, column, decl in (
                 ("distros", "variables", "TEXT NOT NULL DEFAULT '{}'"),
                 ("profiles", "variables", "TEXT NOT NULL DEFAULT '{}'"),
                 ("hosts", "options", "TEXT NOT NULL DEFAULT '{}'"),
                 ("hosts", "boot_rules", "TEXT NOT NULL DEFAULT '[]'"),
-                ("hosts", "tenant", "TEXT"), ("hosts", "source", "TEXT")):
+                ("hosts", "tenant", "TEXT"), ("hosts", "source", "TEXT"),
+                *UEFI_LOADER_COLUMNS):
             cols = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in cols:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
