@@ -23,7 +23,7 @@ import pytest
 from .appliance_proc import PlowshareProcess
 from .initrd import DI_KERNEL, build_test_initrd
 from .lab import NetLab
-from .qemu import FIRMWARE_ERROR_PATTERNS, Guest, boot_with_retry
+from .qemu import FIRMWARE_ERROR_PATTERNS, Guest
 
 pytestmark = [
     pytest.mark.e2e,
@@ -80,9 +80,8 @@ def test_secure_boot_shim_grub_install(served):
 
     guest = Guest(lab, "sb-grub", mac, workdir=work, firmware="uefi-sb")
     try:
-        events = boot_with_retry(guest, wait=lambda g: server.wait_events(
-            mac, lambda evs: any(e["kind"] == "install-done" for e in evs), BOOT_TIMEOUT,
-            guest=g, fail_patterns=(*FIRMWARE_ERROR_PATTERNS, *REFUSED)))
+        events = server.boot(guest, lambda evs: any(e["kind"] == "install-done" for e in evs),
+                             BOOT_TIMEOUT, fail_patterns=(*FIRMWARE_ERROR_PATTERNS, *REFUSED))
         guest.wait_exit(120)
     finally:
         guest.stop()
