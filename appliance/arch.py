@@ -102,3 +102,11 @@ IPXE_LOADERS: dict[Firmware, str] = {
     Firmware.EFI_X64: "ipxe/snponly.efi",
     Firmware.EFI_ARM64: "ipxe/arm64/snponly.efi",
 }
+
+# The Secure Boot chain (UefiLoader.GRUB): Microsoft-signed shim, which
+# fetches ``grubx64.efi`` from its own TFTP directory (shim's netboot.c keeps
+# the DHCP boot file's directory and appends its default loader name);
+# netboot/install-bootloaders --with-grub puts both there.
+SHIM_LOADERS: dict[Firmware, str] = {
+    Firmware.EFI_X64: "grub/shimx64.efi",
+}

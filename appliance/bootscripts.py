@@ -1,7 +1,8 @@
 """Boot scripts and loader configs rendered from a :class:`BootSpec`.
 
 One Jinja2 environment over the operator-shipped ``netboot/templates``
-(``ipxe.j2``, ``ipxe-local.j2``, ``pxelinux.j2``, ``grub.j2``), loaded once.
+(``ipxe.j2``, ``ipxe-local.j2``, ``pxelinux.j2``, ``grub.j2``,
+``grub-default.j2``), loaded once.
 These templates are ours, not user code, so the environment is not sandboxed;
 ``StrictUndefined`` still turns a typo into an error.
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import jinja2
 
@@ -31,7 +31,6 @@ from .model import BootSpec
 
 _IPXE_OPERATORS = frozenset({"||", "&&", ";"})
 _GRUB_SAFE = re.compile(r"[A-Za-z0-9_\-.,:/=+@%()]+")
-_NETLOC = re.compile(r"[A-Za-z0-9.\-:\[\]]+")
 
 
 class BootScriptError(ValueError):
@@ -53,18 +52,6 @@ def grub_words(text: str) -> str:
     space (``foo="a b"``) does not survive the word split.
     """
     return " ".join(grub_word(w) for w in str(text).split())
-
-
-def grub_root(base_url: str) -> str:
-    """``http://10.0.0.1:8080`` -> ``(http,10.0.0.1:8080)``; port 80 omitted."""
-    parts = urlsplit(base_url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise BootScriptError(f"GRUB needs an http:// base URL, got {base_url!r}")
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    netloc = host if parts.port in (None, 80) else f"{host}:{parts.port}"
-    if not _NETLOC.fullmatch(netloc):
-        raise BootScriptError(f"unusable host in base URL {base_url!r}")
-    return f"(http,{netloc})"
 
 
 def _values(spec: BootSpec, base_url: str) -> dict[str, str]:
@@ -96,7 +83,7 @@ def _check_ipxe(spec: BootSpec, base_url: str) -> None:
 class BootScripts:
     """Renders the boot scripts of ``templates_dir`` (templates loaded once)."""
 
-    TEMPLATES = ("ipxe.j2", "ipxe-local.j2", "pxelinux.j2", "grub.j2")
+    TEMPLATES = ("ipxe.j2", "ipxe-local.j2", "pxelinux.j2", "grub.j2", "grub-default.j2")
 
     def __init__(self, templates_dir: Path):
         self.env = jinja2.Environment(
@@ -132,7 +119,10 @@ class BootScripts:
         return self._render("pxelinux.j2", spec=spec, base_url=base_url)
 
     def grub(self, spec: BootSpec, base_url: str) -> str:
-        """A per-MAC ``grub.cfg``; kernel and initrd over ``(http,<host>)``."""
+        """A per-MAC ``grub.cfg``; kernel and initrd over TFTP from GRUB's ``$root``."""
         _check_lines(spec, base_url)
-        root = "" if spec.local else grub_root(base_url)
-        return self._render("grub.j2", spec=spec, base_url=base_url, root=root)
+        return self._render("grub.j2", spec=spec, base_url=base_url)
+
+    def grub_default(self) -> str:
+        """The top-level ``grub/grub.cfg``: source the per-MAC file, else exit."""
+        return self._render("grub-default.j2")

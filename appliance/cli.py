@@ -19,7 +19,7 @@ from . import dhcp_options
 from .cli_dhcpd import COMMANDS as DHCPD_COMMANDS
 from .cli_subnets import cmd_subnet
 from .config import Config, ConfigError, load_config
-from .model import Distro, Host, Profile, norm_mac
+from .model import Distro, Host, Profile, UefiLoader, norm_mac
 from .store import Store, StoreError
 
 DEFAULT_STATE = str(Config.state_dir)
@@ -44,6 +44,11 @@ def _add_var_flag(parser) -> None:
                         help="template variable (repeatable; JSON values allowed)")
 
 
+_LOADERS = [x.value for x in UefiLoader]
+_LOADER_HELP = ("first binary for UEFI x64 PXE: ipxe (snponly.efi) or grub "
+                "(shim -> GRUB, for Secure Boot)")
+
+
 def _host_parser(sub) -> None:
     h = sub.add_parser("host", help="machines, by MAC").add_subparsers(
         dest="action", required=True)
@@ -55,6 +60,8 @@ def _host_parser(sub) -> None:
     ha.add_argument("--no-netboot", action="store_true")
     ha.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                     help="DHCP option for this host only, by ISC name (repeatable)")
+    ha.add_argument("--uefi-loader", choices=_LOADERS,
+                    help=_LOADER_HELP + "; default: the profile's")
     _add_var_flag(ha)
     h.add_parser("list")
     hs = h.add_parser("show")
@@ -63,6 +70,10 @@ def _host_parser(sub) -> None:
     hn = h.add_parser("netboot")
     hn.add_argument("mac")
     hn.add_argument("onoff", choices=["on", "off"], metavar="on|off")
+    hl = h.add_parser("uefi-loader", help="set a host's UEFI loader")
+    hl.add_argument("mac")
+    hl.add_argument("loader", choices=[*_LOADERS, "profile"],
+                    help=_LOADER_HELP + "; profile: follow the profile's")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("--distro", required=True)
     pa.add_argument("--template")
     pa.add_argument("--cmdline", default="")
+    pa.add_argument("--uefi-loader", choices=_LOADERS, default=UefiLoader.IPXE.value,
+                    help=_LOADER_HELP + " (default: ipxe)")
     _add_var_flag(pa)
 
     _host_parser(sub)
@@ -168,7 +181,8 @@ def _cmd_host(store: Store, cfg: Config, args) -> int:
         options = dict(dhcp_options.parse_assignment(text) for text in args.option)
         host = Host(mac=norm_mac(args.mac), profile=args.profile, name=args.name,
                     ip=args.ip, netboot=not args.no_netboot, variables=dict(args.var),
-                    options=options)
+                    options=options,
+                    uefi_loader=UefiLoader(args.uefi_loader) if args.uefi_loader else None)
         store.add_host(host, cfg.token_ttl)
         print(f"host {host.mac} added (netboot {'off' if args.no_netboot else 'on'})")
     elif args.action == "list":
@@ -190,6 +204,10 @@ def _cmd_host(store: Store, cfg: Config, args) -> int:
     elif args.action == "netboot":
         host = store.set_netboot(norm_mac(args.mac), args.onoff == "on", cfg.token_ttl)
         print(f"host {host.mac} netboot {args.onoff}")
+    elif args.action == "uefi-loader":
+        loader = None if args.loader == "profile" else UefiLoader(args.loader)
+        host = store.set_uefi_loader(norm_mac(args.mac), loader)
+        print(f"host {host.mac} uefi-loader {args.loader}")
     return 0
 
 
@@ -220,7 +238,8 @@ def _cmd_dhcp(store: Store, cfg: Config, args) -> int:
 
 def _cmd_profile(store: Store, cfg: Config, args) -> int:
     store.add_profile(Profile(args.name, args.distro, args.template, args.cmdline,
-                              variables=dict(args.var)))
+                              variables=dict(args.var),
+                              uefi_loader=UefiLoader(args.uefi_loader)))
     print(f"profile {args.name} added")
     return 0
 

@@ -31,6 +31,19 @@ def norm_mac(text: str) -> str:
     return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
 
 
+class UefiLoader(str, enum.Enum):
+    """The first binary a UEFI x64 PXE client is sent to (per host, per profile).
+
+    ``IPXE`` (the default): iPXE's snponly.efi, unsigned -- a machine with
+    Secure Boot on refuses it.  ``GRUB``: Microsoft-signed shim, which loads
+    Debian-signed GRUB (``grubx64.efi`` next to itself), which reads its
+    per-MAC grub.cfg; the kernel must then be signed by a key shim trusts.
+    """
+
+    IPXE = "ipxe"
+    GRUB = "grub"
+
+
 class Firmware(enum.Enum):
     """The boot environment family a client architecture (option 93) maps to.
 
@@ -98,6 +111,7 @@ class Profile:
     template: str | None = None
     cmdline: str = ""
     variables: dict = field(default_factory=dict, hash=False, compare=False)
+    uefi_loader: UefiLoader = UefiLoader.IPXE  # what its hosts' UEFI x64 firmware runs first
 
 
 @dataclass(frozen=True)
@@ -146,7 +160,8 @@ class Host:
     (``None``: the operator).  ``source`` names the import that created it
     (``dhcpd:operator``, ``dhcpd:<tenant>``; ``None``: added by hand): a
     re-import from the same source removes the hosts it no longer lists and
-    never touches hosts of another source.
+    never touches hosts of another source.  ``uefi_loader`` ``None`` means
+    "as the profile says" (see :class:`UefiLoader`).
     """
 
     mac: str
@@ -160,6 +175,7 @@ class Host:
     boot_rules: tuple[BootRule, ...] = ()
     tenant: str | None = None
     source: str | None = None
+    uefi_loader: UefiLoader | None = None
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,23 @@ iPXE script, kernel).  A host with no profile but ``boot_rules`` (imported
 from a dhcpd.conf) boots what its rules say for this request
 (:mod:`appliance.boot_rules`): the spec is ``imported`` and carries the
 rule's filename / next-server / server-name.  Netboot off wins over both.
+
+The first binary depends on the firmware and on the host's UEFI loader
+choice (falling back to its profile's): iPXE by default; for
+``UefiLoader.GRUB`` a UEFI x64 PXE client gets shim (Secure Boot), which runs
+GRUB, which reads the per-MAC grub.cfg (:mod:`appliance.bootfiles`) -- with
+netboot off too, so a Secure Boot machine is never handed a binary it refuses.
 """
 
 from __future__ import annotations
 
 import logging
 
-from .arch import IPXE_LOADERS
+from .arch import IPXE_LOADERS, SHIM_LOADERS
 from .boot_rules import decide
 from .config import Config
 from .kickstart import Renderer, TemplateError, install_context
-from .model import BootSpec, Host, Machine
+from .model import BootSpec, Host, Machine, UefiLoader
 from .store import Store
 
 log = logging.getLogger("plowshare.policy")
@@ -47,11 +53,24 @@ class BootPolicy:
             return Host(mac=mac, profile=dhcp.default_profile, netboot=True)
         return None
 
-    def _loader(self, machine: Machine) -> tuple[bool, str | None]:
+    def uefi_loader(self, host: Host) -> UefiLoader:
+        """The host's UEFI loader choice, else its profile's, else iPXE."""
+        if host.uefi_loader is not None:
+            return host.uefi_loader
+        profile = self.store.profile(host.profile) if host.profile else None
+        return profile.uefi_loader if profile else UefiLoader.IPXE
+
+    def _loader(self, machine: Machine, host: Host) -> tuple[bool, str | None]:
         """(can boot, first binary) -- ``None`` binary when already in iPXE."""
         if machine.ipxe:
             return True, None
         loader = IPXE_LOADERS.get(machine.firmware)
+        if self.uefi_loader(host) is UefiLoader.GRUB:
+            shim = SHIM_LOADERS.get(machine.firmware)
+            if shim is None:
+                log.info("%s wants shim+GRUB but firmware %s has none; iPXE instead",
+                         machine.mac, machine.firmware.value)
+            loader = shim or loader
         if loader is None:
             return False, None
         if machine.http_client:
@@ -64,7 +83,7 @@ class BootPolicy:
             return None
         if host.profile is None and host.boot_rules and host.netboot:
             return self._imported_spec(machine, host)
-        ok, loader = self._loader(machine)
+        ok, loader = self._loader(machine, host)
         if not ok:
             log.warning("%s no loader for firmware %s (arch %s)",
                         machine.mac, machine.firmware.value, machine.arch)

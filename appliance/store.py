@@ -31,7 +31,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .model import BootRule, Event, Host, Lease
+from .model import BootRule, Event, Host, Lease, UefiLoader
 from .store_catalog import CatalogRows
 from .store_changes import BUMP_LEASES, CHANGES_SCHEMA, ChangeRows
 from .store_errors import StoreError
@@ -40,7 +40,7 @@ from .store_observed import OBSERVED_SCHEMA, ObservedRows
 from .store_subnets import SUBNETS_SCHEMA, SubnetRows
 from .store_tenants import TENANTS_SCHEMA, TenantRows
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS distros (
     arch TEXT NOT NULL, breed TEXT NOT NULL, variables TEXT NOT NULL DEFAULT '{}');
 CREATE TABLE IF NOT EXISTS profiles (
     name TEXT PRIMARY KEY, distro TEXT NOT NULL REFERENCES distros(name),
-    template TEXT, cmdline TEXT NOT NULL DEFAULT '', variables TEXT NOT NULL DEFAULT '{}');
+    template TEXT, cmdline TEXT NOT NULL DEFAULT '', variables TEXT NOT NULL DEFAULT '{}',
+    uefi_loader TEXT NOT NULL DEFAULT 'ipxe');
 CREATE TABLE IF NOT EXISTS templates (
     name TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL, ts REAL NOT NULL,
     note TEXT NOT NULL DEFAULT '', PRIMARY KEY (name, version));
@@ -59,7 +60,7 @@ CREATE TABLE IF NOT EXISTS hosts (
     profile TEXT REFERENCES profiles(name), netboot INTEGER NOT NULL,
     token TEXT UNIQUE, token_expires REAL, variables TEXT NOT NULL DEFAULT '{}',
     options TEXT NOT NULL DEFAULT '{}', boot_rules TEXT NOT NULL DEFAULT '[]',
-    tenant TEXT, source TEXT);
+    tenant TEXT, source TEXT, uefi_loader TEXT);
 CREATE TABLE IF NOT EXISTS leases (
     ip TEXT PRIMARY KEY, mac TEXT NOT NULL, expires REAL NOT NULL,
     state TEXT NOT NULL, hostname TEXT);
@@ -70,8 +71,11 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
 CREATE INDEX IF NOT EXISTS events_mac_ts ON events(mac, ts);
 """ + SUBNETS_SCHEMA + TENANTS_SCHEMA + CHANGES_SCHEMA + OBSERVED_SCHEMA
+# schema 6: the UEFI loader choice (Secure Boot: shim + GRUB) on hosts and profiles
+UEFI_LOADER_COLUMNS = (("hosts", "uefi_loader", "TEXT"),
+                       ("profiles", "uefi_loader", "TEXT NOT NULL DEFAULT 'ipxe'"))
 HOST_COLS = ("mac, name, ip, profile, netboot, token, token_expires, variables, options, "
-             "boot_rules, tenant, source")
+             "boot_rules, tenant, source, uefi_loader")
 
 
 class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, ObservedRows):
@@ -114,13 +118,15 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, Observe
         boot_rules, tenant, source on hosts (tenant tables: schema script); 4 -> 5:
         the events_kind index (:meth:`events_of_kind`: the last rows of one kind,
         by id, read from the index alone -- ``id`` is the rowid every index holds)
-        and the observed-addresses table (schema script)."""
+        and the observed-addresses table (schema script); 5 -> 6:
+        ``UEFI_LOADER_COLUMNS``."""
         for table, column, decl in (
                 ("distros", "variables", "TEXT NOT NULL DEFAULT '{}'"),
                 ("profiles", "variables", "TEXT NOT NULL DEFAULT '{}'"),
                 ("hosts", "options", "TEXT NOT NULL DEFAULT '{}'"),
                 ("hosts", "boot_rules", "TEXT NOT NULL DEFAULT '[]'"),
-                ("hosts", "tenant", "TEXT"), ("hosts", "source", "TEXT")):
+                ("hosts", "tenant", "TEXT"), ("hosts", "source", "TEXT"),
+                *UEFI_LOADER_COLUMNS):
             cols = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
             if column not in cols:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -163,12 +169,13 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, Observe
     @staticmethod
     def _host(row) -> Host:
         (mac, name, ip, profile, netboot, token, _exp, variables, options, rules,
-         tenant, source) = row
+         tenant, source, uefi_loader) = row
         return Host(mac=mac, name=name, ip=ip, profile=profile, netboot=bool(netboot),
                     token=token, variables=json.loads(variables or "{}"),
                     options=json.loads(options or "{}"),
                     boot_rules=tuple(BootRule(**r) for r in json.loads(rules or "[]")),
-                    tenant=tenant, source=source)
+                    tenant=tenant, source=source,
+                    uefi_loader=UefiLoader(uefi_loader) if uefi_loader else None)
 
     @staticmethod
     def _host_row(h: Host, token_ttl: float) -> tuple:
@@ -178,9 +185,9 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, Observe
         rules = [dataclasses.asdict(r) for r in h.boot_rules]
         return (h.mac, h.name, h.ip, h.profile, int(h.netboot), token, expires,
                 json.dumps(h.variables), json.dumps(h.options), json.dumps(rules),
-                h.tenant, h.source)
+                h.tenant, h.source, h.uefi_loader.value if h.uefi_loader else None)
 
-    _HOST_UPSERT = (f"INSERT INTO hosts ({HOST_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+    _HOST_UPSERT = (f"INSERT INTO hosts ({HOST_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(mac) DO UPDATE SET " + ", ".join(
                         f"{c}=excluded.{c}" for c in HOST_COLS.split(", ")[1:]))
 
@@ -215,6 +222,15 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, Observe
         with self._tx() as db:
             cur = db.execute("UPDATE hosts SET netboot=?, token=?, token_expires=? WHERE mac=?",
                              (int(on), token, expires, mac))
+            if cur.rowcount == 0:
+                raise StoreError(f"no host {mac}")
+        return self.host(mac)
+
+    def set_uefi_loader(self, mac: str, loader: UefiLoader | None) -> Host:
+        """Set the host's UEFI loader (``None``: follow its profile)."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE hosts SET uefi_loader=? WHERE mac=?",
+                             (loader.value if loader else None, mac))
             if cur.rowcount == 0:
                 raise StoreError(f"no host {mac}")
         return self.host(mac)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import time
 
-from .model import Distro, Profile, TemplateVersion
+from .model import Distro, Profile, TemplateVersion, UefiLoader
 from .store_errors import StoreError
 
 
 class CatalogRows:
     _DISTRO_COLS = "name, kernel, initrd, arch, breed, variables"
-    _PROFILE_COLS = "name, distro, template, cmdline, variables"
+    _PROFILE_COLS = "name, distro, template, cmdline, variables, uefi_loader"
 
     @staticmethod
     def _distro(row) -> Distro:
@@ -41,18 +41,24 @@ class CatalogRows:
         if self.distro(p.distro) is None:
             raise StoreError(f"profile {p.name}: no distro named {p.distro!r}")
         with self._tx() as db:
-            db.execute(f"INSERT INTO profiles ({self._PROFILE_COLS}) VALUES (?,?,?,?,?) "
+            db.execute(f"INSERT INTO profiles ({self._PROFILE_COLS}) VALUES (?,?,?,?,?,?) "
                        "ON CONFLICT(name) DO UPDATE SET distro=excluded.distro, "
                        "template=excluded.template, cmdline=excluded.cmdline, "
-                       "variables=excluded.variables",
-                       (p.name, p.distro, p.template, p.cmdline, json.dumps(p.variables)))
+                       "variables=excluded.variables, uefi_loader=excluded.uefi_loader",
+                       (p.name, p.distro, p.template, p.cmdline, json.dumps(p.variables),
+                        UefiLoader(p.uefi_loader).value))
 
     def profile(self, name: str) -> Profile | None:
         rows = self._query(f"SELECT {self._PROFILE_COLS} FROM profiles WHERE name=?", (name,))
-        return Profile(*rows[0][:4], variables=json.loads(rows[0][4] or "{}")) if rows else None
+        return self._profile(rows[0]) if rows else None
+
+    @staticmethod
+    def _profile(row) -> Profile:
+        return Profile(*row[:4], variables=json.loads(row[4] or "{}"),
+                       uefi_loader=UefiLoader(row[5] or UefiLoader.IPXE.value))
 
     def profiles(self) -> list[Profile]:
-        return [Profile(*r[:4], variables=json.loads(r[4] or "{}")) for r in
+        return [self._profile(r) for r in
                 self._query(f"SELECT {self._PROFILE_COLS} FROM profiles ORDER BY name")]
 
     # -- templates (every save is a version) -------------------------------------

@@ -33,6 +33,7 @@ import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tftpy.TftpPacketTypes import TftpPacketOACK
 
@@ -65,7 +66,9 @@ WINDOWSIZE_MIN, WINDOWSIZE_MAX = 1, 64  # RFC 7440 allows 65535; we clamp to 64
 BLOCK_MODULO = 1 << 16  # block numbers are 16 bit; we wrap 65535 -> 0
 MODES = ("octet", "netascii")  # RFC 1350; "mail" is obsolete and refused
 
-GenerateFn = Callable[[str, tuple[str, int]], bytes | None]
+#: ``generate(rel_path, client)``: bytes to serve, a :class:`~pathlib.Path` of a
+#: file to serve instead (e.g. a distro's kernel, outside the root), or ``None``.
+GenerateFn = Callable[[str, tuple[str, int]], bytes | Path | None]
 
 DATA_HEADER = struct.Struct("!HH")  # opcode, block: pack_into a send buffer
 ACK_DATA = struct.Struct("!HH")  # opcode, block: unpack_from a receive buffer
@@ -226,7 +229,8 @@ def open_contained(root: str, rel: str, cache: _FileCache | None = FILE_CACHE
     return FileSource(fd, st.st_size)
 
 
-def _generated(generate: GenerateFn | None, rel: str, client) -> bytes | None | Refuse:
+def _generated(generate: GenerateFn | None, rel: str, client
+               ) -> bytes | Path | None | Refuse:
     if generate is None:
         return None
     try:
@@ -234,8 +238,8 @@ def _generated(generate: GenerateFn | None, rel: str, client) -> bytes | None | 
     except Exception:
         log.exception("generate(%r, %s) raised", rel, client)
         return Refuse(ERR_UNDEFINED, "internal error")
-    if data is not None and not isinstance(data, (bytes, bytearray)):
-        log.error("generate(%r) returned %s, not bytes", rel, type(data).__name__)
+    if data is not None and not isinstance(data, (bytes, bytearray, Path)):
+        log.error("generate(%r) returned %s, not bytes or a Path", rel, type(data).__name__)
         return Refuse(ERR_UNDEFINED, "internal error")
     return data
 
@@ -246,8 +250,10 @@ def decide_rrq(filename: str, mode: str, options: dict[str, str], root: str,
     """Decide one read request; the only place that says yes or no.
 
     ``generate(rel_path, client)`` is asked first, with the normalised
-    root-relative path; bytes are served from memory, ``None`` falls through
-    to the file system, an exception is logged and refused with ERROR 0.
+    root-relative path; bytes are served from memory, a ``Path`` is opened
+    as :func:`open_contained` opens a file in the root (a regular file, after
+    symlinks), ``None`` falls through to the file system under ``root``, an
+    exception is logged and refused with ERROR 0.
     On :class:`Accept` the caller owns (and must close) ``accept.source``.
     """
     mode = mode.lower()
@@ -259,10 +265,12 @@ def decide_rrq(filename: str, mode: str, options: dict[str, str], root: str,
     got = _generated(generate, rel, client)
     if isinstance(got, Refuse):
         return got
-    if got is not None:
+    if isinstance(got, (bytes, bytearray)):
         source, size = BytesSource(got), len(got)
     else:
-        source = open_contained(root, rel)
+        real = os.path.realpath(got) if got is not None else None
+        source = open_contained(root, rel) if real is None else \
+            open_contained(os.path.dirname(real), os.path.basename(real))
         if isinstance(source, Refuse):
             return source
         size = source.size

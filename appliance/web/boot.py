@@ -15,6 +15,7 @@ Secrets (tokens) are never logged.
     GET      /netboot/<path>             the netboot tree, contained
     GET      /pxelinux.cfg/01-<mac>      per-MAC configs, as TFTP serves them
     GET      /grub/grub.cfg-<mac>
+    GET      /grub/grub.cfg              GRUB's top level: sources the per-MAC file
     GET      /healthz
 """
 
@@ -136,6 +137,13 @@ def pxelinux_config(name: str):
 def grub_config(mac: str):
     spec = _spec(mac, "http-grub", Firmware.EFI_X64, ipxe=False)
     return _script(spec, services().scripts.grub, "http-grub")
+
+
+@bp.get("/grub/grub.cfg")
+def grub_default_config():
+    log.debug("%s http-grub: top-level grub.cfg (from %s)",
+              services().store.mac_for_ip(request.remote_addr) or "-", _client())
+    return _text(services().scripts.grub_default())
 
 
 # -- kickstart and completion ----------------------------------------------------

@@ -82,16 +82,18 @@ class PlowshareProcess:
                                      f"guest console tail:\n{tail}\nserver:\n{self.log()}")
             time.sleep(EVENT_POLL)
 
-    def boot(self, guest: Guest, until: Until, timeout: float, **retry) -> list[dict]:
+    def boot(self, guest: Guest, until: Until, timeout: float, *,
+             fail_patterns: Sequence[str] = FIRMWARE_ERROR_PATTERNS, **retry) -> list[dict]:
         """Boot ``guest`` until ``until(events of this boot)`` holds; return them.
 
         One retry for OVMF's known flake (:func:`~.qemu.boot_with_retry`;
-        ``retry`` goes to it); any other failure raises at once with the
-        server's log attached.  The guest keeps running: stop it.
+        ``retry`` goes to it); any other failure (one of ``fail_patterns`` on
+        the console) raises at once with the server's log attached.  The
+        guest keeps running: stop it.
         """
         try:
             return boot_with_retry(guest, wait=lambda g: self.wait_events(
-                g.mac, until, timeout, guest=g), **retry)
+                g.mac, until, timeout, guest=g, fail_patterns=fail_patterns), **retry)
         except GuestError as exc:  # a timeout already carries the server's log
             raise AssertionError(f"{exc}\nserver log:\n{self.log()}") from None
 

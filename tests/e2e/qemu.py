@@ -10,6 +10,10 @@ Firmware:
   iPXE), serial console enabled through ``-M graphics=off``.
 * ``uefi``: OVMF (read-only code + a per-guest copy of the vars store) with
   ``romfile=`` on the NIC, so OVMF's own PXE runs, not iPXE.
+* ``uefi-sb``: the same with Secure Boot on: Debian's secboot OVMF build
+  (SMM, so ``smm=on`` and a secure pflash) and a vars store with Microsoft's
+  keys enrolled (``OVMF_VARS_4M.ms.fd``), so only Microsoft-signed binaries
+  (shim) run first.
 
 KVM is used only when the CPU shows vmx/svm and /dev/kvm is usable;
 otherwise TCG with ``-cpu max`` (see NETBOOT-NOTES.md for why).
@@ -38,6 +42,9 @@ T = TypeVar("T")
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_VARS_MS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+FIRMWARES = ("bios", "uefi", "uefi-sb")
 MEMORY_MB = 512
 #: Seconds to wait for one guest to reach a milestone (TCG: BIOS ~20 s, UEFI ~35 s).
 BOOT_TIMEOUT = 120
@@ -109,7 +116,7 @@ def accel_args() -> list[str]:
 class Guest:
     """One QEMU VM on a lab tap.
 
-    ``firmware`` is ``"bios"`` or ``"uefi"``. Without ``kernel`` the guest
+    ``firmware`` is one of :data:`FIRMWARES`. Without ``kernel`` the guest
     network-boots (``bootindex=1`` on the NIC); with ``kernel`` (and
     optionally ``initrd``/``append``) QEMU boots it directly. ``tap`` defaults
     to a new tap from ``lab.add_tap()``. ``workdir`` (e.g. pytest's tmp_path)
@@ -122,8 +129,8 @@ class Guest:
                  kernel: Path | str | None = None, initrd: Path | str | None = None,
                  append: str | None = None, memory_mb: int = MEMORY_MB,
                  extra_args: Sequence[str] = ()) -> None:
-        if firmware not in ("bios", "uefi"):
-            raise ValueError(f"firmware must be 'bios' or 'uefi', not {firmware!r}")
+        if firmware not in FIRMWARES:
+            raise ValueError(f"firmware must be one of {FIRMWARES}, not {firmware!r}")
         self.lab, self.name, self.mac, self.firmware = lab, name, mac, firmware
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -143,14 +150,19 @@ class Guest:
     def command(self) -> list[str]:
         """The qemu-system-x86_64 argument list (without the netns wrapper)."""
         nic = f"virtio-net-pci,netdev=n0,mac={self.mac}"
-        args = [QEMU, "-M", "q35,graphics=off", *accel_args(), "-m", str(self.memory_mb),
+        secure = self.firmware == "uefi-sb"
+        machine = "q35,smm=on,graphics=off" if secure else "q35,graphics=off"
+        args = [QEMU, "-M", machine, *accel_args(), "-m", str(self.memory_mb),
                 "-smp", "1", "-display", "none", "-monitor", "none", "-no-reboot",
                 "-serial", f"file:{self.log_path}",
                 "-netdev", f"tap,id=n0,ifname={self.tap},script=no,downscript=no"]
-        if self.firmware == "uefi":
+        if self.firmware != "bios":
             nic += ",romfile="
-            args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            code = OVMF_CODE_SECBOOT if secure else OVMF_CODE
+            args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                      "-drive", f"if=pflash,format=raw,unit=1,file={self.vars_path}"]
+        if secure:
+            args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
         if self.kernel is None:
             nic += ",bootindex=1"
         else:
@@ -170,8 +182,9 @@ class Guest:
         """
         if self.running:
             raise RuntimeError(f"guest {self.name} is already running")
-        if self.firmware == "uefi" and not self.vars_path.exists():
-            shutil.copyfile(OVMF_VARS, self.vars_path)
+        if self.firmware != "bios" and not self.vars_path.exists():
+            vars_file = OVMF_VARS_MS if self.firmware == "uefi-sb" else OVMF_VARS
+            shutil.copyfile(vars_file, self.vars_path)
         self.boots += 1
         self.log_path = self.workdir / f"{self.name}-boot{self.boots}.log"
         self.log_path.write_bytes(b"")

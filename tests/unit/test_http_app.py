@@ -248,7 +248,9 @@ def test_pxelinux_and_grub_configs(env):
     for name in (MAC, "01-52-54-00-aa-bb-01"):  # the second is BootFiles' TFTP spelling
         r = env.client.get(f"/grub/grub.cfg-{name}")
         assert r.status_code == 200
-        assert "linux (http,10.0.0.1)/distro/deb12/kernel" in r.get_data(as_text=True)
+        assert "linux /distro/deb12/kernel" in r.get_data(as_text=True)
+    r = env.client.get("/grub/grub.cfg")  # the top level an HTTP-booted GRUB reads
+    assert r.status_code == 200 and 'source "$prefix/grub.cfg-01-' in r.get_data(as_text=True)
 
 
 def test_healthz_and_plain_errors(env):

@@ -148,3 +148,18 @@ def test_rerun_is_idempotent_and_repairs(tree: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "installed pxelinux/ldlinux.c32" in result.stderr
     assert run("--verify", "--target", str(tree)).returncode == 0
+
+
+def test_with_grub_puts_grub_where_shim_looks(tmp_path: Path) -> None:
+    """shim fetches ``grubx64.efi`` from its own TFTP directory: the same signed
+    GRUB as grubnetx64.efi, both listed in SHA256SUMS and MANIFEST."""
+    target = tmp_path / "tree"
+    result = run("--no-apt", "--with-grub", "--target", str(target))
+    assert result.returncode == 0, result.stderr
+    grub = target / "grub"
+    assert (grub / "grubx64.efi").read_bytes() == (grub / "grubnetx64.efi").read_bytes()
+    assert (grub / "shimx64.efi").read_bytes()[:2] == b"MZ"  # a PE image
+    sums = (target / "SHA256SUMS").read_text()
+    manifest = (target / "MANIFEST").read_text()
+    for name in ("shimx64.efi", "grubnetx64.efi", "grubx64.efi"):
+        assert f"  grub/{name}\n" in sums and f"grub/{name}\t" in manifest

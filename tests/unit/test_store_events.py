@@ -43,7 +43,7 @@ def test_migration_from_schema_4_adds_the_kind_index_and_keeps_events(tmp_path):
     store.close()
     db = sqlite3.connect(path)
     assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == \
-        (str(SCHEMA_VERSION),) == ("5",)
+        (str(SCHEMA_VERSION),) == ("6",)
     assert "USING COVERING INDEX events_kind" in plan(db) or \
         "USING INDEX events_kind" in plan(db)
     assert "TEMP B-TREE" not in plan(db)  # the index gives the order too
