@@ -33,47 +33,16 @@ from pathlib import Path
 
 from .model import BootRule, Event, Host, Lease, UefiLoader
 from .store_catalog import CatalogRows
-from .store_changes import BUMP_LEASES, CHANGES_SCHEMA, ChangeRows
+from .store_changes import BUMP_LEASES, ChangeRows
 from .store_errors import StoreError
 from .store_import import ImportRows
-from .store_observed import OBSERVED_SCHEMA, ObservedRows
-from .store_subnets import SUBNETS_SCHEMA, SubnetRows
-from .store_tenants import TENANTS_SCHEMA, TenantRows
+from .store_observed import ObservedRows
+from .store_schema import SCHEMA, SCHEMA_VERSION, migrate
+from .store_subnets import SubnetRows
+from .store_tenants import TenantRows
 
-SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 10_000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS distros (
-    name TEXT PRIMARY KEY, kernel TEXT NOT NULL, initrd TEXT NOT NULL,
-    arch TEXT NOT NULL, breed TEXT NOT NULL, variables TEXT NOT NULL DEFAULT '{}');
-CREATE TABLE IF NOT EXISTS profiles (
-    name TEXT PRIMARY KEY, distro TEXT NOT NULL REFERENCES distros(name),
-    template TEXT, cmdline TEXT NOT NULL DEFAULT '', variables TEXT NOT NULL DEFAULT '{}',
-    uefi_loader TEXT NOT NULL DEFAULT 'ipxe');
-CREATE TABLE IF NOT EXISTS templates (
-    name TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL, ts REAL NOT NULL,
-    note TEXT NOT NULL DEFAULT '', PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS hosts (
-    mac TEXT PRIMARY KEY, name TEXT, ip TEXT UNIQUE,
-    profile TEXT REFERENCES profiles(name), netboot INTEGER NOT NULL,
-    token TEXT UNIQUE, token_expires REAL, variables TEXT NOT NULL DEFAULT '{}',
-    options TEXT NOT NULL DEFAULT '{}', boot_rules TEXT NOT NULL DEFAULT '[]',
-    tenant TEXT, source TEXT, uefi_loader TEXT);
-CREATE TABLE IF NOT EXISTS leases (
-    ip TEXT PRIMARY KEY, mac TEXT NOT NULL, expires REAL NOT NULL,
-    state TEXT NOT NULL, hostname TEXT);
-CREATE INDEX IF NOT EXISTS leases_mac ON leases(mac);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, mac TEXT NOT NULL,
-    kind TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
-CREATE INDEX IF NOT EXISTS events_mac ON events(mac, id);
-CREATE INDEX IF NOT EXISTS events_mac_ts ON events(mac, ts);
-""" + SUBNETS_SCHEMA + TENANTS_SCHEMA + CHANGES_SCHEMA + OBSERVED_SCHEMA
-# schema 6: the UEFI loader choice (Secure Boot: shim + GRUB) on hosts and profiles
-UEFI_LOADER_COLUMNS = (("hosts", "uefi_loader", "TEXT"),
-                       ("profiles", "uefi_loader", "TEXT NOT NULL DEFAULT 'ipxe'"))
 HOST_COLS = ("mac, name, ip, profile, netboot, token, token_expires, variables, options, "
              "boot_rules, tenant, source, uefi_loader")
 
@@ -105,33 +74,11 @@ class Store(CatalogRows, SubnetRows, TenantRows, ImportRows, ChangeRows, Observe
         if isinstance(self.path, Path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self._connect()
-        db.executescript(_SCHEMA)
-        self._migrate(db)
+        db.executescript(SCHEMA)
+        migrate(db)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
         self._db = db
         return self
-
-    @staticmethod
-    def _migrate(db: sqlite3.Connection) -> None:
-        """Schema 1 -> 2: variables on distros and profiles; 2 -> 3: options on
-        hosts (the subnets table is created by the schema script); 3 -> 4:
-        boot_rules, tenant, source on hosts (tenant tables: schema script); 4 -> 5:
-        the events_kind index (:meth:`events_of_kind`: the last rows of one kind,
-        by id, read from the index alone -- ``id`` is the rowid every index holds)
-        and the observed-addresses table (schema script); 5 -> 6:
-        ``UEFI_LOADER_COLUMNS``."""
-        for table, column, decl in (
-                ("distros", "variables", "TEXT NOT NULL DEFAULT '{}'"),
-                ("profiles", "variables", "TEXT NOT NULL DEFAULT '{}'"),
-                ("hosts", "options", "TEXT NOT NULL DEFAULT '{}'"),
-                ("hosts", "boot_rules", "TEXT NOT NULL DEFAULT '[]'"),
-                ("hosts", "tenant", "TEXT"), ("hosts", "source", "TEXT"),
-                *UEFI_LOADER_COLUMNS):
-            cols = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-            if column not in cols:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-        db.execute("CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id)")
-        db.execute("UPDATE meta SET value=? WHERE key='schema'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
         with self._wlock:

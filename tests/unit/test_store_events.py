@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from appliance import store as store_module
+from appliance import store_schema
 from appliance.model import Event
 from appliance.store import SCHEMA_VERSION, Store
 
@@ -18,7 +18,7 @@ def plan(db: sqlite3.Connection) -> str:
 def schema_4_database(path) -> None:
     """A database as schema 4 left it: its tables, version 4, events but no kind index."""
     db = sqlite3.connect(path)
-    db.executescript(store_module._SCHEMA)  # schema 4's script: the index came with 5
+    db.executescript(store_schema.SCHEMA)  # the tables (the kind index is not in the script)
     db.execute("INSERT INTO meta VALUES ('schema', '4')")
     db.executemany("INSERT INTO events (ts, mac, kind, detail) VALUES (?,?,?,?)",
                    [(float(i), f"52:54:00:00:00:{i % 7:02x}",
