@@ -23,12 +23,16 @@ class ObservedRows:
 
     def observe_address(self, mac: str, ip: str, ts: float) -> bool:
         """Record that ``mac`` uses ``ip`` as of ``ts`` (the address's previous
-        user is forgotten).  True when this changed who uses ``ip``."""
+        user is forgotten).  True when this changed who uses ``ip``.  A repeat
+        within half the TTL writes nothing (a PXE client sends several
+        REQUESTs per boot; each write is a durable transaction)."""
+        rows = self._query("SELECT mac, ts FROM observed WHERE ip=?", (ip,))
+        if rows and rows[0][0] == mac and rows[0][1] > ts - OBSERVED_TTL / 2:
+            return False
         with self._tx() as db:
-            row = db.execute("SELECT mac FROM observed WHERE ip=?", (ip,)).fetchone()
             db.execute("INSERT OR REPLACE INTO observed (ip, mac, ts) VALUES (?,?,?)",
                        (ip, mac, ts))
-        return row is None or row[0] != mac
+        return not rows or rows[0][0] != mac
 
     def observed_mac(self, ip: str, now: float, ttl: float = OBSERVED_TTL) -> str | None:
         """The MAC last seen using ``ip`` within ``ttl`` seconds before ``now``."""

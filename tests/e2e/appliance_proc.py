@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from .initrd import DI_KERNEL, build_test_initrd
 from .lab import NetLab
 from .qemu import FIRMWARE_ERROR_PATTERNS, Guest, GuestError, boot_with_retry
 
@@ -155,3 +157,31 @@ class PlowshareProcess:
         except OSError:
             return ""
         return "\n".join(lines[-tail:])
+
+
+CMDLINE = "console=ttyS0 ks={{ ks_url }} done={{ done_url }}"
+
+
+@contextmanager
+def install_lab(work: Path, hosts: dict[str, list[str]]):
+    """A lab and a started ``plowshare serve`` with the test installer as distro
+    and profile ``testinst`` (Debian's netboot kernel, the busybox initrd that
+    plays installer) and one host per MAC in ``hosts`` (extra ``host add``
+    arguments as values).  Yields (lab, server); on exit the server must stop
+    cleanly on SIGTERM."""
+    initrd = build_test_initrd()
+    lab = NetLab().start()
+    server = PlowshareProcess(lab, work / "state", work / "plowshare.log")
+    try:
+        server.cli("distro", "add", "testinst", "--kernel", str(DI_KERNEL),
+                   "--initrd", str(initrd))
+        server.cli("profile", "add", "testinst", "--distro", "testinst",
+                   "--template", "default.ks.j2", "--cmdline", CMDLINE)
+        for mac, args in hosts.items():
+            server.cli("host", "add", mac, "--profile", "testinst", *args)
+        server.start()
+        yield lab, server
+    finally:
+        code = server.stop()
+        lab.stop()
+    assert code == 0, f"plowshare did not stop cleanly on SIGTERM (exit {code})"

@@ -18,3 +18,4 @@ def lab_server(tmp_path):
     finally:
         server.stop()
         lab.stop()
+

@@ -40,7 +40,7 @@ PHASE_WAIT = 8.0  # seconds one phase of a storm round waits for its replies
 BROADCAST = b"\xff" * 6
 
 
-def _socket(iface: str, proto: int = ETH_P_IP) -> socket.socket:
+def reply_socket(iface: str, proto: int = ETH_P_IP) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     attach_filter(sock, BPF_SERVER_REPLIES)
     sock.bind((iface, proto))
@@ -58,11 +58,13 @@ def boot_fields(frame: bytes) -> dict:
             "file": file.rstrip(b"\0").decode("latin-1")}
 
 
-def sniff(iface: str, out: str, kinds: str = "ack") -> None:
-    wanted = {k for k, name in c.MSG_NAMES.items() if name in kinds.lower().split(",")}
+def sniff_frames(iface: str, out: str, describe) -> None:
+    """Append ``describe(frame)`` as a JSON line to ``out`` for every DHCP server
+    reply seen on ``iface`` (``None``: skipped) until SIGTERM; print "ready"
+    once listening."""
     # ETH_P_ALL: a tap bound to ETH_P_IP never sees a bridge port's frames (the
     # bridge consumes them first); the BPF filter still keeps only UDP from port 67
-    sock = _socket(iface, ETH_P_ALL)
+    sock = reply_socket(iface, ETH_P_ALL)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with open(out, "a") as fh:
@@ -71,18 +73,27 @@ def sniff(iface: str, out: str, kinds: str = "ack") -> None:
             try:
                 if not select.select([sock], [], [], 0.2)[0]:
                     continue
-                frame = sock.recv(4096)
+                facts = describe(sock.recv(65535))
             except InterruptedError:
                 continue
-            parsed = parse_frame(frame)
-            if parsed is None or parsed[2].msg_type not in wanted:
-                continue
-            msg = parsed[2]
-            fh.write(json.dumps({"mac": msg.mac, "ip": msg.yiaddr, "lease": msg.lease_time,
-                                 "t": time.time(), "server": msg.server_id,
-                                 "type": c.MSG_NAMES[msg.msg_type], **boot_fields(frame)})
-                     + "\n")
-            fh.flush()
+            if facts is not None:
+                fh.write(json.dumps(facts) + "\n")
+                fh.flush()
+
+
+def sniff(iface: str, out: str, kinds: str = "ack") -> None:
+    wanted = {k for k, name in c.MSG_NAMES.items() if name in kinds.lower().split(",")}
+
+    def describe(frame: bytes) -> dict | None:
+        parsed = parse_frame(frame)
+        if parsed is None or parsed[2].msg_type not in wanted:
+            return None
+        msg = parsed[2]
+        return {"mac": msg.mac, "ip": msg.yiaddr, "lease": msg.lease_time, "t": time.time(),
+                "server": msg.server_id, "type": c.MSG_NAMES[msg.msg_type],
+                **boot_fields(frame)}
+
+    sniff_frames(iface, out, describe)
 
 
 def start_sniffer(lab, iface: str, out, kinds: str = "ack") -> subprocess.Popen:
@@ -126,7 +137,7 @@ def _collect(sock, want: dict[int, str], kind: int, deadline: float) -> dict[str
 
 
 def decline_storm(iface: str, server: str, clients: int, rounds: int) -> dict:
-    sock = _socket(iface)
+    sock = reply_socket(iface)
     stats = {"offers": 0, "acks": 0, "declines": 0}
     for r in range(rounds):
         macs = {0x1000 * (r + 1) + n: _mac(r, n) for n in range(clients)}

@@ -14,9 +14,7 @@ import re
 
 import pytest
 
-from .appliance_proc import PlowshareProcess
-from .initrd import DI_KERNEL, build_test_initrd
-from .lab import NetLab
+from .appliance_proc import install_lab
 from .qemu import Guest, boot_with_retry
 
 pytestmark = [
@@ -26,29 +24,14 @@ pytestmark = [
 
 BOOT_TIMEOUT = 300            # TCG: BIOS reaches /init in ~20 s, UEFI ~35 s; be generous
 LOCAL_TIMEOUT = 240
-CMDLINE = "console=ttyS0 ks={{ ks_url }} done={{ done_url }}"
 MACS = {"bios": "52:54:00:e2:e0:01", "uefi": "52:54:00:e2:e0:02"}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
-    initrd = build_test_initrd()
-    lab = NetLab().start()
-    server = PlowshareProcess(lab, work / "state", work / "plowshare.log")
-    try:
-        server.cli("distro", "add", "testinst", "--kernel", str(DI_KERNEL),
-                   "--initrd", str(initrd))
-        server.cli("profile", "add", "testinst", "--distro", "testinst",
-                   "--template", "default.ks.j2", "--cmdline", CMDLINE)
-        for fw, mac in MACS.items():
-            server.cli("host", "add", mac, "--profile", "testinst", "--name", f"e2e-{fw}")
-        server.start()
+    with install_lab(work, {mac: ["--name", f"e2e-{fw}"] for fw, mac in MACS.items()}) as (lab, server):
         yield lab, server, work
-    finally:
-        code = server.stop()
-        lab.stop()
-    assert code == 0, f"plowshare did not stop cleanly on SIGTERM (exit {code})"
 
 
 def _kickstart(log: str) -> str:

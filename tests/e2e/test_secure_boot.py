@@ -20,9 +20,7 @@ import os
 
 import pytest
 
-from .appliance_proc import PlowshareProcess
-from .initrd import DI_KERNEL, build_test_initrd
-from .lab import NetLab
+from .appliance_proc import install_lab
 from .qemu import FIRMWARE_ERROR_PATTERNS, Guest
 
 pytestmark = [
@@ -32,7 +30,6 @@ pytestmark = [
 
 BOOT_TIMEOUT = 900        # TCG with SMM: OVMF secboot + shim + GRUB's HTTP are slow; be generous
 REFUSE_TIMEOUT = 600
-CMDLINE = "console=ttyS0 ks={{ ks_url }} done={{ done_url }}"
 MACS = {"grub": "52:54:00:e2:5b:01", "ipxe": "52:54:00:e2:5b:02"}
 #: Printed when the firmware says Secure Boot is on: by the kernel's EFI stub,
 #: by the kernel (arch/x86 setup), and by its lockdown code.
@@ -49,23 +46,9 @@ OVMF_REFUSED = r"BdsDxe: failed to (load|start) Boot\w+[^\r\n]*Access Denied"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e-sb")
-    initrd = build_test_initrd()
-    lab = NetLab().start()
-    server = PlowshareProcess(lab, work / "state", work / "plowshare.log")
-    try:
-        server.cli("distro", "add", "testinst", "--kernel", str(DI_KERNEL),
-                   "--initrd", str(initrd))
-        server.cli("profile", "add", "testinst", "--distro", "testinst",
-                   "--template", "default.ks.j2", "--cmdline", CMDLINE)
-        for loader, mac in MACS.items():
-            server.cli("host", "add", mac, "--profile", "testinst", "--name", f"sb-{loader}",
-                       "--uefi-loader", loader)
-        server.start()
+    with install_lab(work, {mac: ["--name", f"sb-{loader}", "--uefi-loader", loader]
+                                for loader, mac in MACS.items()}) as (lab, server):
         yield lab, server, work
-    finally:
-        code = server.stop()
-        lab.stop()
-    assert code == 0, f"plowshare did not stop cleanly on SIGTERM (exit {code})"
 
 
 def _served(events: list[dict]) -> list[str]:

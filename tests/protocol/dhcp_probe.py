@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import select
-import signal
-import socket
 import sys
 import time
 
@@ -31,18 +29,11 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from appliance.servers import dhcp_codec as c
 from appliance.servers import dhcp_packing as p
 from appliance.servers.l2 import udp_frame
-from appliance.servers.rogue import BPF_SERVER_REPLIES, ETH_P_IP, attach_filter
+from appliance.servers.rogue import ETH_P_IP
+from tests.e2e.dhcp_raw import reply_socket, sniff_frames
 
 ETH_HEADER, UDP_HEADER = 14, 8
-ETH_P_ALL = 0x0003
 WAIT = 20.0
-
-
-def _socket(iface: str, proto: int) -> socket.socket:
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    attach_filter(sock, BPF_SERVER_REPLIES)
-    sock.bind((iface, proto))
-    return sock
 
 
 def _main_codes(payload: bytes) -> list[int]:
@@ -74,21 +65,7 @@ def describe(frame: bytes) -> dict | None:
 
 
 def sniff(iface: str, out: str) -> None:
-    sock = _socket(iface, ETH_P_ALL)
-    stop: list[int] = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    with open(out, "a") as fh:
-        print("ready", flush=True)
-        while not stop:
-            try:
-                if not select.select([sock], [], [], 0.2)[0]:
-                    continue
-                facts = describe(sock.recv(65535))
-            except InterruptedError:
-                continue
-            if facts is not None:
-                fh.write(json.dumps(facts) + "\n")
-                fh.flush()
+    sniff_frames(iface, out, describe)
 
 
 def discover(iface: str, mac: str, params: str, max_size: str, vendor: str | None) -> dict:
@@ -103,7 +80,7 @@ def discover(iface: str, mac: str, params: str, max_size: str, vendor: str | Non
     xid = int(time.time()) & 0xFFFFFFFF
     payload = bytes(BOOTP(op=1, xid=xid, flags=c.FLAG_BROADCAST, chaddr=chaddr + bytes(10))
                     / DHCP(options=[*opts, "end"]))
-    sock = _socket(iface, ETH_P_IP)
+    sock = reply_socket(iface, ETH_P_IP)
     sock.send(udp_frame(chaddr, b"\xff" * 6, "0.0.0.0", "255.255.255.255", 68, 67, payload))
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:

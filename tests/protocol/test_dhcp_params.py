@@ -31,8 +31,9 @@ import time
 import pytest
 
 from appliance.servers import dhcp_packing as p
-from tests.e2e.appliance_proc import REPO, PlowshareProcess
+from tests.e2e.appliance_proc import REPO
 from tests.e2e.lab import NetLab
+from tests.protocol.dhcp_clients import dhclient, udhcpc
 
 pytestmark = [
     pytest.mark.netns,
@@ -71,19 +72,6 @@ def _config(lab: NetLab) -> str:
         """)
 
 
-@pytest.fixture
-def served(tmp_path):
-    lab = NetLab().start()
-    server = PlowshareProcess(lab, tmp_path / "state", tmp_path / "plowshare.log")
-    config = tmp_path / "plowshare.toml"
-    config.write_text(_config(lab))
-    try:
-        yield lab, server, config, tmp_path
-    finally:
-        server.stop()
-        lab.stop()
-
-
 class Sniffer:
     """``dhcp_probe sniff`` on a client port; :meth:`replies` reads what it saw."""
 
@@ -108,27 +96,12 @@ class Sniffer:
         self.proc.wait(timeout=WAIT)
 
 
-UDHCPC_SCRIPT = """\
-#!/bin/sh
-[ "$1" = bound ] || exit 0
-for v in ip subnet router dns domain search ntpsrv mtu staticroutes; do
-  eval "echo $v=\\$$v"
-done > "$OUT"
-"""
-
-
 def test_udhcpc_asking_for_the_mtu_only_gets_it_and_what_is_always_sent(served):
     lab, server, config, tmp_path = served
     server.start(config, pool=False)
     port = lab.add_client_port("c0", lab.guest_mac(0))
     sniffer = Sniffer(lab, port, tmp_path / "sniff.jsonl")
-    script, out = tmp_path / "udhcpc.sh", tmp_path / "env"
-    script.write_text(UDHCPC_SCRIPT)
-    script.chmod(0o755)
-    lab.run_in_wire(["env", f"OUT={out}", "busybox", "udhcpc", "-i", port, "-f", "-q", "-n",
-                     "-t", "5", "-T", "2", "-o", "-O", "mtu", "-s", str(script)],
-                    timeout=CLIENT_TIMEOUT)
-    env = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    env = udhcpc(lab, port, tmp_path, "-o", "-O", "mtu")
     n = lab.host_addr
     assert env["mtu"] == "1400" and env["router"] == n(1) and env["ntpsrv"] == n(123)
     assert env["subnet"] == "255.255.255.0"
@@ -144,28 +117,6 @@ DHCLIENT_LONG = """\
 send dhcp-max-message-size 1400;
 request subnet-mask, domain-search, interface-mtu;
 """
-
-
-def dhclient(lab: NetLab, port: str, tmp_path, conf_text: str) -> dict[str, str]:
-    """Run dhclient once on ``port`` with ``conf_text``; its lease file's options."""
-    conf, lease, pid = (tmp_path / f"{port}.{x}" for x in ("conf", "leases", "pid"))
-    conf.write_text(conf_text)
-    lease.unlink(missing_ok=True)
-    try:
-        lab.run_in_wire(["dhclient", "-1", "-v", "-sf", "/bin/true", "-cf", str(conf),
-                         "-lf", str(lease), "-pf", str(pid), port], timeout=CLIENT_TIMEOUT)
-    finally:
-        if pid.exists():  # dhclient went to the background to renew: stop it
-            try:
-                os.kill(int(pid.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
-    out = {}
-    for line in lease.read_text().splitlines():
-        words = line.strip().rstrip(";").split(None, 2)
-        if words and words[0] == "option" and len(words) == 3:
-            out[words[1]] = words[2]
-    return out
 
 
 def test_dhclient_gets_exactly_its_request_line_and_a_split_search_list(served):

@@ -29,6 +29,7 @@ import pytest
 
 from tests.e2e.appliance_proc import PlowshareProcess
 from tests.e2e.lab import NetLab
+from tests.protocol import dhcp_clients as clients
 
 pytestmark = [
     pytest.mark.netns,
@@ -71,19 +72,6 @@ def _config(lab: NetLab, mtu: int = 1400) -> str:
         """)
 
 
-@pytest.fixture
-def lab_server(tmp_path):
-    lab = NetLab().start()
-    server = PlowshareProcess(lab, tmp_path / "state", tmp_path / "plowshare.log")
-    config = tmp_path / "plowshare.toml"
-    config.write_text(_config(lab))
-    try:
-        yield lab, server, config, tmp_path
-    finally:
-        server.stop()
-        lab.stop()
-
-
 # -- clients ---------------------------------------------------------------------
 DHCLIENT_CONF = """\
 option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;
@@ -93,48 +81,12 @@ request subnet-mask, broadcast-address, routers, domain-name, domain-name-server
 
 
 def dhclient(lab: NetLab, port: str, tmp_path) -> dict[str, str]:
-    """Run dhclient once on ``port``; the options of its lease file, by name."""
-    conf, lease, pid = (tmp_path / f"{port}.{x}" for x in ("conf", "leases", "pid"))
-    conf.write_text(DHCLIENT_CONF)
-    lease.unlink(missing_ok=True)
-    try:
-        lab.run_in_wire(["dhclient", "-1", "-v", "-sf", "/bin/true", "-cf", str(conf),
-                         "-lf", str(lease), "-pf", str(pid), port], timeout=CLIENT_TIMEOUT)
-    finally:
-        if pid.exists():  # dhclient went to the background to renew: stop it
-            try:
-                os.kill(int(pid.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
-                pass
-    out = {}
-    for line in lease.read_text().splitlines():
-        words = line.strip().rstrip(";").split(None, 2)
-        if words and words[0] == "option" and len(words) == 3:
-            out[words[1]] = words[2]
-        elif words and words[0] == "fixed-address":
-            out["fixed-address"] = words[1]
-    return out
-
-
-UDHCPC_SCRIPT = """\
-#!/bin/sh
-[ "$1" = bound ] || exit 0
-for v in ip router dns domain ntpsrv mtu staticroutes search lease subnet; do
-  eval "echo $v=\\$$v"
-done > "$OUT"
-"""
+    return clients.dhclient(lab, port, tmp_path, DHCLIENT_CONF)
 
 
 def udhcpc(lab: NetLab, port: str, tmp_path) -> dict[str, str]:
-    """Run busybox udhcpc once on ``port``; what it exported to its script."""
-    script, out = tmp_path / "udhcpc.sh", tmp_path / f"{port}.env"
-    script.write_text(UDHCPC_SCRIPT)
-    script.chmod(0o755)
-    out.unlink(missing_ok=True)
-    lab.run_in_wire(["env", f"OUT={out}", "busybox", "udhcpc", "-i", port, "-f", "-q", "-n",
-                     "-t", "5", "-T", "2", "-O", "staticroutes", "-O", "ntpsrv",
-                     "-O", "mtu", "-O", "search", "-s", str(script)], timeout=CLIENT_TIMEOUT)
-    return dict(line.split("=", 1) for line in out.read_text().splitlines())
+    return clients.udhcpc(lab, port, tmp_path, "-O", "staticroutes", "-O", "ntpsrv",
+                          "-O", "mtu", "-O", "search")
 
 
 def leases(server: PlowshareProcess) -> dict[str, str]:
@@ -164,8 +116,8 @@ def _relay_namespace(lab: NetLab) -> str:
 
 
 # -- tests -------------------------------------------------------------------------
-def test_dhclient_and_udhcpc_get_subnet_options_and_host_overrides(lab_server):
-    lab, server, config, tmp_path = lab_server
+def test_dhclient_and_udhcpc_get_subnet_options_and_host_overrides(served):
+    lab, server, config, tmp_path = served
     n = lab.host_addr
     server.cli("distro", "add", "d", "--kernel", sys.executable, "--initrd", sys.executable)
     server.cli("profile", "add", "p", "--distro", "d")
@@ -207,8 +159,8 @@ def test_dhclient_and_udhcpc_get_subnet_options_and_host_overrides(lab_server):
     assert len(set(leases(server).values())) == 3
 
 
-def test_relayed_perfdhcp_gets_addresses_only_from_the_relay_subnet(lab_server):
-    lab, server, config, _tmp = lab_server
+def test_relayed_perfdhcp_gets_addresses_only_from_the_relay_subnet(served):
+    lab, server, config, _tmp = served
     server.start(config, pool=False)
     ns = _relay_namespace(lab)
     # -d 4: a reply counts as lost after 4 s, not perfdhcp's 1 s -- at this rate the
@@ -243,8 +195,8 @@ print(opts[-1][0])
 """
 
 
-def test_option_82_is_echoed_to_a_trusted_relay_only(lab_server):
-    lab, server, config, tmp_path = lab_server
+def test_option_82_is_echoed_to_a_trusted_relay_only(served):
+    lab, server, config, tmp_path = served
     # the untrusted relay's subnet lives in the store, added while serving
     server.start(config, pool=False)
     server.cli("subnet", "add", f"{UNTRUSTED_NET}.0/24",
@@ -271,8 +223,8 @@ def test_option_82_is_echoed_to_a_trusted_relay_only(lab_server):
     assert "option 82 via 10.78.0.1 ignored" in server.log(tail=100_000)
 
 
-def test_sighup_reloads_subnets_and_keeps_leases(lab_server):
-    lab, server, config, tmp_path = lab_server
+def test_sighup_reloads_subnets_and_keeps_leases(served):
+    lab, server, config, tmp_path = served
     server.start(config, pool=False)
     port = lab.add_client_port("c0", lab.guest_mac(0))
     first = udhcpc(lab, port, tmp_path)

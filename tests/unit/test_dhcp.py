@@ -62,19 +62,47 @@ def packet(fp: dict, msg=c.DISCOVER, mac=MAC, requested=None, server_id=None,
                  / DHCP(options=opts))
 
 
+def dhcp_context(cfg, tmp_path, interface: str | None = "prov0", catalog: bool = True):
+    """(DhcpContext, store) over a fresh store; with ``catalog``, distro ``d``,
+    profile ``p`` and host ``MAC`` (``node1``) in it."""
+    store = Store(cfg.db_path).open()
+    if catalog:
+        kernel = tmp_path / "linux"
+        kernel.write_bytes(b"k")
+        store.add_distro(Distro("d", str(kernel), str(kernel)))
+        store.add_profile(Profile("p", "d", None, "ks={{ ks_url }}"))
+        store.add_host(Host(MAC, "p", name="node1"), 3600)
+    renderer = Renderer(InlineSandbox(), TemplateLibrary(store, tmp_path))
+    return DhcpContext(cfg, BootPolicy(store, cfg, renderer),
+                       Allocator(store, cfg.dhcp, SERVER), EventLog(store), interface), store
+
+
+def recording_server(tmp_path, pool: str):
+    """(server, sent, store): a DhcpServer over an empty store with its writer
+    attached and no socket; every reply it would send is appended to ``sent``.
+    The caller stops ``server.writer`` and closes ``store``."""
+    from appliance.servers.dhcp import DhcpServer
+
+    cfg = load_config(None, address=SERVER, pool=pool, state_dir=str(tmp_path),
+                      kickstarts_dir=str(tmp_path))
+    ctx, store = dhcp_context(cfg, tmp_path, interface=None, catalog=False)
+    sent = []
+
+    class Recording(DhcpServer):
+        def send(self, reply, payload):
+            sent.append(reply)
+
+    server = Recording(ctx)
+    server.attach_writer()
+    return server, sent, store
+
+
 @pytest.fixture
 def ctx(tmp_path):
     cfg = load_config(None, address=SERVER, pool="10.99.0.100-10.99.0.110",
                       state_dir=str(tmp_path), kickstarts_dir=str(tmp_path))
-    store = Store(cfg.db_path).open()
-    kernel = tmp_path / "linux"
-    kernel.write_bytes(b"k")
-    store.add_distro(Distro("d", str(kernel), str(kernel)))
-    store.add_profile(Profile("p", "d", None, "ks={{ ks_url }}"))
-    store.add_host(Host(MAC, "p", name="node1"), 3600)
-    renderer = Renderer(InlineSandbox(), TemplateLibrary(store, tmp_path))
-    yield DhcpContext(cfg, BootPolicy(store, cfg, renderer),
-                      Allocator(store, cfg.dhcp, SERVER), EventLog(store), "prov0")
+    ctx, store = dhcp_context(cfg, tmp_path)
+    yield ctx
     store.close()
 
 

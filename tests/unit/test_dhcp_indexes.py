@@ -176,32 +176,12 @@ def test_committer_index_follows_its_own_commits(store):
 
 
 def test_server_honours_a_reservation_added_while_it_runs(tmp_path):
-    from appliance.config import load_config
-    from appliance.events import EventLog
-    from appliance.kickstart import Renderer
-    from appliance.leases import Allocator
-    from appliance.policy import BootPolicy
-    from appliance.sandbox_inline import InlineSandbox
     from appliance.servers import dhcp_codec as c
-    from appliance.servers.dhcp import DhcpContext, DhcpServer
-    from appliance.templates import TemplateLibrary
 
-    from .test_dhcp import LINUX, SERVER, packet
+    from .test_dhcp import LINUX, packet, recording_server
 
-    cfg = load_config(None, address=SERVER, pool="10.99.0.100-10.99.0.200",
-                      state_dir=str(tmp_path), kickstarts_dir=str(tmp_path))
-    store = Store(cfg.db_path).open()
-    ctx = DhcpContext(cfg, BootPolicy(store, cfg, Renderer(
-        InlineSandbox(), TemplateLibrary(store, tmp_path))),
-        Allocator(store, cfg.dhcp, SERVER), EventLog(store), None)
-    sent = []
-
-    class Recording(DhcpServer):
-        def send(self, reply, payload):
-            sent.append(reply)
-
-    server = Recording(ctx)
-    server.attach_writer()
+    server, sent, store = recording_server(tmp_path, "10.99.0.100-10.99.0.200")
+    cfg = server.ctx.config
     mac = "52:54:00:00:05:01"
     try:
         server.handle_batch([packet(LINUX, mac=mac)])

@@ -20,21 +20,12 @@ from appliance import dhcp_options as opts
 from appliance.config import ConfigError, load_config
 from appliance.dhcpd_conf import parse
 from appliance.dhcpd_conf.plan import Snapshot, plan
-from appliance.events import EventLog
-from appliance.kickstart import Renderer
-from appliance.leases import Allocator
-from appliance.model import Distro, Host, Profile
-from appliance.policy import BootPolicy
-from appliance.sandbox_inline import InlineSandbox
 from appliance.servers import dhcp_codec as c
 from appliance.servers import dhcp_codec_scapy as ref
 from appliance.servers import dhcp_packing as p
-from appliance.servers.dhcp import DhcpContext, make_reply
-from appliance.store import Store
-from appliance.templates import TemplateLibrary
+from appliance.servers.dhcp import make_reply
 
-SERVER = "10.99.0.1"
-MAC = "52:54:00:12:34:56"
+from .test_dhcp import MAC, SERVER, dhcp_context
 
 
 def request(params=None, max_size=None, extra=(), vendor=None, msg=c.DISCOVER) -> bytes:
@@ -261,15 +252,8 @@ def ctx(tmp_path):
         options = {{ "ntp-servers" = ["{SERVER}"], "interface-mtu" = 1400 }}
         """))
     cfg = load_config(conf, state_dir=str(tmp_path), kickstarts_dir=str(tmp_path))
-    store = Store(cfg.db_path).open()
-    kernel = tmp_path / "linux"
-    kernel.write_bytes(b"k")
-    store.add_distro(Distro("d", str(kernel), str(kernel)))
-    store.add_profile(Profile("p", "d", None, "ks={{ ks_url }}"))
-    store.add_host(Host(MAC, "p", name="node1"), 3600)
-    renderer = Renderer(InlineSandbox(), TemplateLibrary(store, tmp_path))
-    yield DhcpContext(cfg, BootPolicy(store, cfg, renderer),
-                      Allocator(store, cfg.dhcp, SERVER), EventLog(store), "prov0")
+    ctx, store = dhcp_context(cfg, tmp_path)
+    yield ctx
     store.close()
 
 

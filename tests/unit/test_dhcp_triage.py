@@ -59,32 +59,11 @@ def test_behind_partitions_the_batch(kinds):
 
 def test_server_batch_behind_acks_requests_and_sheds_oldest_discovers(tmp_path, caplog):
     """DhcpServer.handle_batch with the loop's signal: one log line, the counter."""
-    from appliance.config import load_config
-    from appliance.events import EventLog
-    from appliance.kickstart import Renderer
-    from appliance.leases import Allocator
-    from appliance.policy import BootPolicy
-    from appliance.sandbox_inline import InlineSandbox
-    from appliance.servers.dhcp import BUDGET, SHED_FLOOR, DhcpContext, DhcpServer
-    from appliance.store import Store
-    from appliance.templates import TemplateLibrary
+    from appliance.servers.dhcp import BUDGET, SHED_FLOOR
 
-    from .test_dhcp import LINUX, SERVER, packet
+    from .test_dhcp import LINUX, SERVER, packet, recording_server
 
-    cfg = load_config(None, address=SERVER, pool="10.99.0.10-10.99.0.250",
-                      state_dir=str(tmp_path), kickstarts_dir=str(tmp_path))
-    store = Store(cfg.db_path).open()
-    ctx = DhcpContext(cfg, BootPolicy(store, cfg, Renderer(
-        InlineSandbox(), TemplateLibrary(store, tmp_path))),
-        Allocator(store, cfg.dhcp, SERVER), EventLog(store), None)
-    sent = []
-
-    class Recording(DhcpServer):
-        def send(self, reply, payload):
-            sent.append(reply)
-
-    server = Recording(ctx)
-    server.attach_writer()
+    server, sent, store = recording_server(tmp_path, "10.99.0.10-10.99.0.250")
     try:
         early = [f"52:54:00:00:08:{i:02x}" for i in range(40)]
         server.handle_batch([packet(LINUX, mac=m) for m in early])  # not behind: 40 OFFERs
