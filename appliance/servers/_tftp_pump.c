@@ -48,8 +48,6 @@
 #define OP_DATA 3        /* RFC 1350 section 5 */
 #define OP_ACK 4         /* RFC 1350 section 5 */
 #define RECV_MAX 65536   /* bigger than any legal TFTP datagram */
-#define SPIN_MISS_LIMIT 16  /* as tftp_poll.SPIN_MISS_LIMIT */
-#define SPIN_BACKOFF 1.0    /* seconds, as tftp_poll.SPIN_BACKOFF */
 
 enum { K_READY = 0, K_DATAGRAM = 1, K_REARM = 2, K_FAULT = 3 };
 enum { ARMED_NONE = 0, ARMED_SPIN = 1, ARMED_NAP = 2 };
@@ -71,6 +69,8 @@ typedef struct {
     Outcome *out;
     int nevs, nout;
     int armed, misses, slack_set;
+    int miss_limit;      /* tftp_poll.SPIN_MISS_LIMIT, given to __init__ */
+    double backoff;      /* tftp_poll.SPIN_BACKOFF, seconds */
     double spin_off_until;
 } Pump;
 
@@ -89,8 +89,11 @@ static int not_running(Pump *p) {
 }
 
 static int pump_init(Pump *p, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"epoll_fd", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "i", kwlist, &p->epfd) || !not_running(p))
+    static char *kwlist[] = {"epoll_fd", "spin_miss_limit", "spin_backoff", NULL};
+    p->miss_limit = 16;
+    p->backoff = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|id", kwlist, &p->epfd, &p->miss_limit,
+                                     &p->backoff) || !not_running(p))
         return -1;
     if (p->rbuf == NULL)  /* (__init__ may be called again) */
         p->rbuf = PyMem_Malloc(RECV_MAX);
@@ -271,9 +274,9 @@ static int wait_events(Pump *p, int maxevents, int timeout_ms, double spin, doub
                     return n;
                 }
             } while (now_mono() < end);
-            if (++p->misses >= SPIN_MISS_LIMIT) {
+            if (++p->misses >= p->miss_limit) {
                 p->misses = 0;
-                p->spin_off_until = now_mono() + SPIN_BACKOFF;
+                p->spin_off_until = now_mono() + p->backoff;
             }
         }
     }
@@ -395,7 +398,8 @@ static PyTypeObject PumpType = {
     .tp_name = "appliance.servers._tftp_pump.Pump",
     .tp_basicsize = sizeof(Pump),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Pump(epoll_fd): serves ACK -> DATA for registered windows.",
+    .tp_doc = "Pump(epoll_fd, spin_miss_limit=16, spin_backoff=1.0): serves ACK -> DATA"
+              " for registered windows (the spin settings as tftp_poll's).",
     .tp_traverse = (traverseproc)pump_traverse,
     .tp_clear = (inquiry)pump_clear,
     .tp_new = PyType_GenericNew,

@@ -72,6 +72,8 @@ from .tftp_engine import (
 from .tftp_loop import MAX_EVENTS, SPIN_MAX_SESSIONS, TftpLoop  # noqa: F401 - re-exported
 from .tftp_poll import (
     NAP_MAX,
+    SPIN_BACKOFF,
+    SPIN_MISS_LIMIT,
     SPIN_SECONDS,
     _Poller,
     ensure_nofile,
@@ -167,7 +169,7 @@ class TftpServer(TftpLoop):
         self._poller.register(self._sock.fileno())
         self._poller.register(self._wake_r.fileno())
         if self.accelerated:
-            self._pump = Pump(self._poller.fileno())
+            self._pump = Pump(self._poller.fileno(), SPIN_MISS_LIMIT, SPIN_BACKOFF)
         log.info("TFTP serving %s on %s:%d (%s loop)", self.root, *self.address,
                  "C-accelerated" if self.accelerated else "pure-Python")
 
